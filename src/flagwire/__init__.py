@@ -1,0 +1,33 @@
+"""flagwire: feature flags in the request path and the observability of Python services.
+
+The core (this package's top level) imports no web framework. Integrations live in
+``flagwire.asgi``, ``flagwire.flask``, ... and need their extras.
+"""
+
+from __future__ import annotations
+
+from ._assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
+from ._definitions import FlagDefinition
+from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
+from ._flagset import FlagSet
+from ._sources import FileSource, Source, SourceStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Assignment",
+    "ConfigError",
+    "ErrorCode",
+    "EvaluationError",
+    "FileSource",
+    "FlagDefinition",
+    "FlagSet",
+    "FlagType",
+    "FlagsetError",
+    "FlagwireError",
+    "Reason",
+    "Source",
+    "SourceError",
+    "SourceStatus",
+    "__version__",
+]

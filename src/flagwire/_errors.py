@@ -1,0 +1,73 @@
+"""flagwire's exceptions.
+
+The hierarchy::
+
+    FlagwireError
+    ├── FlagsetError (ValueError)   a flag-definition document is invalid
+    ├── SourceError                 a source cannot produce a flag set
+    └── ConfigError (ValueError)    flagwire itself is misconfigured
+
+Evaluation never raises: problems during evaluation become an error code on the
+:class:`~flagwire.Assignment` instead.
+"""
+
+from __future__ import annotations
+
+
+class FlagwireError(Exception):
+    """Base class of every exception flagwire raises."""
+
+
+class FlagsetError(FlagwireError, ValueError):
+    """A flag-definition document is invalid.
+
+    Attributes:
+        message: What is wrong, and where possible how to fix it.
+        path: The file (or source name) the document came from, if known.
+        flag_key: The flag the problem belongs to, if any.
+        pointer: The JSON path of the offending value inside the document, e.g.
+            ``flags.checkout-v2.defaultVariant``.
+        line: The line in the file, when it could be found.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        flag_key: str | None = None,
+        pointer: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.flag_key = flag_key
+        self.pointer = pointer
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.path or "<flags>"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        parts = [where]
+        if self.flag_key is not None:
+            parts.append(f'flag "{self.flag_key}"')
+        text = ": ".join(parts) + f": {self.message}"
+        if self.pointer:
+            text += f" (at {self.pointer})"
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, path={self.path!r}, "
+            f"flag_key={self.flag_key!r}, pointer={self.pointer!r}, line={self.line!r})"
+        )
+
+
+class SourceError(FlagwireError):
+    """A source cannot load or refresh its flag set."""
+
+
+class ConfigError(FlagwireError, ValueError):
+    """flagwire is configured wrongly (bad option, missing extra, ...)."""

@@ -1,0 +1,372 @@
+"""A compiled, versioned flag set: :class:`FlagSet`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+from ._assignment import Assignment, ErrorCode, FlagType, Reason
+from ._custom_ops import FRACTIONAL_VERSIONS
+from ._definitions import (
+    FlagDefinition,
+    FlagsetDocument,
+    parse_document,
+    parse_text,
+    read_document,
+)
+from ._errors import ConfigError
+from ._jsonlogic import Compiled, RuleError, TraceStep, compile_rule
+from ._types import Context, MetadataValue
+
+__all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
+
+FRACTIONAL_METADATA_KEY: Final = "flagwire.fractional"
+"""Flag-set metadata key that selects the fractional algorithm (``"v2"`` or ``"v3"``)."""
+
+_TYPE_OF = FlagType.of
+_EMPTY_CONTEXT: Final[dict[str, Any]] = {}
+
+
+def _variant_name(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class _CompiledFlag:
+    """A flag ready to evaluate: prebuilt results, a compiled rule."""
+
+    __slots__ = (
+        "default_result",
+        "definition",
+        "disabled",
+        "key",
+        "matches",
+        "metadata",
+        "rule",
+        "rule_error",
+        "static_result",
+        "version",
+    )
+
+    def __init__(
+        self,
+        definition: FlagDefinition,
+        flagset_metadata: Mapping[str, MetadataValue],
+        version: str,
+        fractional: str,
+        evaluators: Mapping[str, Any],
+        problems: list[str],
+    ) -> None:
+        key = definition.key
+        self.key = key
+        self.definition = definition
+        self.version = version
+        self.disabled = not definition.enabled
+        merged = dict(flagset_metadata)
+        merged.update(definition.metadata)
+        self.metadata: Mapping[str, MetadataValue] = MappingProxyType(merged)
+
+        def result(variant: str, reason: Reason) -> Assignment:
+            return Assignment(
+                key, definition.variants[variant], variant, reason, None, None, self.metadata, version
+            )
+
+        self.matches = {v: result(v, Reason.TARGETING_MATCH) for v in definition.variants}
+        dv = definition.default_variant
+        self.default_result = result(dv, Reason.DEFAULT) if dv is not None else None
+        self.static_result = result(dv, Reason.STATIC) if dv is not None else None
+        self.rule: Compiled | None = None
+        self.rule_error: str | None = None
+        targeting = definition.targeting
+        if not targeting:
+            return  # flagd: a falsy rule ({} or null) means a static flag
+        if not isinstance(targeting, dict):
+            self.rule_error = f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
+            problems.append(f'flag "{key}": {self.rule_error}')
+            return
+        rule, found = compile_rule(
+            targeting, flag_key=key, fractional=fractional, evaluators=evaluators
+        )
+        self.rule = rule
+        problems.extend(f'flag "{key}": {p}' for p in found)
+
+    def error(self, default: Any, code: ErrorCode, message: str) -> Assignment:
+        return Assignment(
+            self.key, default, None, Reason.ERROR, code, message, self.metadata, self.version
+        )
+
+    def evaluate(self, context: Any, default: Any, flag_type: FlagType | None) -> Assignment:
+        if self.disabled:
+            return Assignment(
+                self.key, default, None, Reason.DISABLED, None, None, self.metadata, self.version
+            )
+        rule = self.rule
+        if rule is None:
+            if self.rule_error is not None:
+                return self.error(default, ErrorCode.PARSE_ERROR, self.rule_error)
+            result = self.static_result
+        else:
+            if type(context) is not dict:
+                context = _EMPTY_CONTEXT if context is None else dict(context)
+            try:
+                chosen = rule(context)
+            except RuleError as exc:
+                return self.error(default, ErrorCode.PARSE_ERROR, str(exc))
+            except Exception as exc:  # a rule that fails never fails the caller
+                return self.error(default, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
+            if chosen is None:
+                result = self.default_result
+            else:
+                result = self.matches.get(
+                    chosen if type(chosen) is str else _variant_name(chosen)
+                )
+                if result is None:
+                    name = _variant_name(chosen)
+                    return self.error(
+                        default,
+                        ErrorCode.GENERAL,
+                        f'targeting chose variant "{name}", which is not one of '
+                        f"[{', '.join(self.matches)}]",
+                    )
+        if result is None:  # no default variant: the caller's default
+            return Assignment(
+                self.key,
+                default,
+                None,
+                Reason.DEFAULT,
+                None,
+                None,
+                self.metadata,
+                self.version,
+            )
+        if flag_type is not None and not flag_type.accepts(result.value):
+            return self.error(
+                default,
+                ErrorCode.TYPE_MISMATCH,
+                f"expected {flag_type.value}, but variant \"{result.variant}\" is "
+                f"{type(result.value).__name__}",
+            )
+        if flag_type is FlagType.FLOAT and type(result.value) is int:
+            return Assignment(
+                self.key,
+                float(result.value),
+                result.variant,
+                result.reason,
+                None,
+                None,
+                self.metadata,
+                self.version,
+            )
+        return result
+
+
+class FlagSet:
+    """An immutable, compiled, versioned set of flags.
+
+    Build one with :meth:`from_path`, :meth:`from_text` or :meth:`from_mapping`; then
+    call :meth:`evaluate` as often as you like: it never raises, never interprets JSON,
+    and for static flags returns a prebuilt :class:`Assignment`.
+
+    Attributes:
+        version: The flag-set ``metadata.version``, if the document has one.
+        digest: A content digest (``sha256:`` + 12 hex digits), always present.
+        fractional: The fractional bucketing algorithm in force (``"v2"`` or ``"v3"``).
+        problems: Problems in targeting rules that did not stop the load (each such flag
+            gives ``PARSE_ERROR`` when its broken part is evaluated).
+        source: The file (or name) the flag set came from.
+    """
+
+    __slots__ = ("_evaluators", "_flags", "digest", "fractional", "metadata", "problems", "source", "version")
+
+    def __init__(self, document: FlagsetDocument, *, fractional: str | None = None) -> None:
+        chosen = fractional or document.metadata.get(FRACTIONAL_METADATA_KEY) or "v2"
+        if chosen not in FRACTIONAL_VERSIONS:
+            raise ConfigError(
+                f"fractional algorithm {chosen!r} is unknown; use one of {FRACTIONAL_VERSIONS}"
+            )
+        self.fractional = str(chosen)
+        self.source = document.source
+        self.metadata: Mapping[str, MetadataValue] = MappingProxyType(dict(document.metadata))
+        canonical = json.dumps(document.raw, sort_keys=True, separators=(",", ":"), default=str)
+        self.digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        meta_version = document.metadata.get("version")
+        self.version: str | None = None if meta_version is None else str(meta_version)
+        label = self.version_label
+        self._evaluators: Mapping[str, Any] = document.evaluators
+        problems: list[str] = []
+        self._flags = {
+            key: _CompiledFlag(
+                d, document.metadata, label, self.fractional, document.evaluators, problems
+            )
+            for key, d in document.flags.items()
+        }
+        self.problems: tuple[str, ...] = tuple(problems)
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_path(cls, path: str | Path, *, fractional: str | None = None) -> FlagSet:
+        """Load a flagd flag-definition file (``.json``, ``.yaml`` or ``.yml``).
+
+        Raises:
+            FlagsetError: The file is missing, unparsable or not a valid flag set.
+        """
+        document, _ = read_document(path)
+        return cls(document, fractional=fractional)
+
+    @classmethod
+    def from_text(
+        cls,
+        text: str,
+        *,
+        format: str | None = None,  # noqa: A002 - mirrors the option users know
+        source: str | None = None,
+        fractional: str | None = None,
+    ) -> FlagSet:
+        """Load a flag set from JSON or YAML text (``format`` "json"/"yaml", else guessed)."""
+        raw = parse_text(text, source, format)
+        return cls(parse_document(raw, source=source, text=text), fractional=fractional)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str | None = None,
+        fractional: str | None = None,
+    ) -> FlagSet:
+        """Load a flag set from an already parsed document (a dict)."""
+        raw = json.loads(json.dumps(data))  # a private, plain-JSON copy
+        return cls(parse_document(raw, source=source), fractional=fractional)
+
+    @classmethod
+    def empty(cls, *, source: str | None = None) -> FlagSet:
+        """A flag set with no flags (every evaluation gives ``FLAG_NOT_FOUND``)."""
+        return cls(parse_document({"flags": {}}, source=source))
+
+    # -- inspection -----------------------------------------------------------------------
+
+    @property
+    def version_label(self) -> str:
+        """``version`` and ``digest`` in one string, as put on every assignment."""
+        return self.digest if self.version is None else f"{self.version}+{self.digest}"
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._flags
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._flags)
+
+    def __len__(self) -> int:
+        return len(self._flags)
+
+    def __repr__(self) -> str:
+        return f"<FlagSet {self.source or '<memory>'} {self.version_label} flags={len(self)}>"
+
+    def definition(self, key: str) -> FlagDefinition | None:
+        """The flag's definition as written, or ``None`` if there is no such flag."""
+        flag = self._flags.get(key)
+        return None if flag is None else flag.definition
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        key: str,
+        context: Context | None = None,
+        default: Any = None,
+        *,
+        flag_type: FlagType | None = None,
+    ) -> Assignment:
+        """Evaluate one flag for one context. Never raises.
+
+        Args:
+            key: The flag key.
+            context: Attributes of the subject, with an optional ``targetingKey``.
+            default: The value to use when no variant applies (disabled flag, no default
+                variant, error). Its type is also the expected type unless ``flag_type``
+                is given: a ``bool`` default expects a boolean flag, and so on; ``None``
+                checks nothing.
+            flag_type: The expected value type; a flag of another type gives
+                ``TYPE_MISMATCH`` and the default.
+
+        Returns:
+            The :class:`Assignment`.
+        """
+        flag = self._flags.get(key)
+        if flag is None:
+            return Assignment(
+                key,
+                default,
+                None,
+                Reason.ERROR,
+                ErrorCode.FLAG_NOT_FOUND,
+                f'flag "{key}" is not in flag set {self.source or ""}'.rstrip(),
+                flagset_version=self.version_label,
+            )
+        return flag.evaluate(
+            context, default, flag_type if flag_type is not None else _TYPE_OF(default)
+        )
+
+    def boolean(self, key: str, default: bool, context: Context | None = None) -> bool:
+        """The flag's value if it is a boolean, else ``default``."""
+        return bool(self.evaluate(key, context, default, flag_type=FlagType.BOOLEAN).value)
+
+    def string(self, key: str, default: str, context: Context | None = None) -> str:
+        """The flag's value if it is a string, else ``default``."""
+        return str(self.evaluate(key, context, default, flag_type=FlagType.STRING).value)
+
+    def integer(self, key: str, default: int, context: Context | None = None) -> int:
+        """The flag's value if it is an integer, else ``default``."""
+        value = self.evaluate(key, context, default, flag_type=FlagType.INTEGER).value
+        return int(value)
+
+    def float(self, key: str, default: float, context: Context | None = None) -> float:
+        """The flag's value if it is a number (as a float), else ``default``."""
+        value = self.evaluate(key, context, default, flag_type=FlagType.FLOAT).value
+        return float(value)
+
+    def object(self, key: str, default: Any, context: Context | None = None) -> Any:
+        """The flag's value if it is a JSON object or array, else ``default``."""
+        return self.evaluate(key, context, default, flag_type=FlagType.OBJECT).value
+
+    def explain(
+        self, key: str, context: Context | None = None, default: Any = None
+    ) -> tuple[Assignment, list[TraceStep]]:
+        """Evaluate like :meth:`evaluate` and also say which parts of the rule decided.
+
+        Slow (compiles the rule again, with tracing); meant for tools like
+        ``flagwire explain``, not for request paths.
+        """
+        assignment = self.evaluate(key, context, default)
+        flag = self._flags.get(key)
+        steps: list[TraceStep] = []
+        if flag is None:
+            return assignment, steps
+        definition = flag.definition
+        if not definition.enabled:
+            steps.append(("state", "flag is DISABLED: the caller's default applies"))
+        elif flag.rule is None:
+            steps.append(("targeting", "no targeting rule: the default variant applies"))
+        else:
+            rule, _ = compile_rule(
+                definition.targeting,
+                flag_key=key,
+                fractional=self.fractional,
+                evaluators=self._evaluators,
+                trace=steps,
+            )
+            ctx = dict(context) if context else {}
+            try:
+                chosen = rule(ctx)
+                steps.append(("targeting", f"rule returned {json.dumps(chosen, default=str)}"))
+            except Exception as exc:
+                steps.append(("targeting", f"rule failed: {exc}"))
+        return assignment, steps

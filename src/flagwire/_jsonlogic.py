@@ -1,0 +1,538 @@
+"""Compile flagd targeting rules (JsonLogic plus flagd's operations) into closures.
+
+A rule is compiled once per flag-set load. The result is a function of the evaluation
+context; evaluating it interprets no JSON. The semantics are those of flagd's reference
+Python evaluator (``openfeature-flagd-core``), including its coercions and the cases in
+which an operation yields null.
+
+At the top level a compiled rule receives the caller's context as a dict, *without*
+copying it: ``$flagd.flagKey`` is a constant of the compiled rule, ``$flagd.timestamp``
+is read when needed, and ``targetingKey`` is read from the context. Inside ``map``,
+``filter``, ``reduce``, ``all``, ``some`` and ``none`` the data is the current item.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from . import _custom_ops as cops
+from ._jsonlogic_ops import (
+    BOOLEAN_OPS,
+    DATA_OPS,
+    NUMERIC,
+    VALUE_OPS,
+    equals,
+    missing,
+    to_number,
+    truthy,
+    var,
+    walk,
+)
+
+__all__ = ["Compiled", "RuleError", "TraceStep", "compile_rule"]
+
+Compiled = Callable[[Any], Any]
+"""A compiled rule or sub-expression: data -> value."""
+
+TraceStep = tuple[str, str]
+"""(JSON pointer into the rule, what happened there), recorded by ``explain``."""
+
+_ITERATION_OPS: Final = frozenset({"map", "filter", "reduce", "all", "some", "none"})
+_CUSTOM_OPS: Final = frozenset({"fractional", "sem_ver", "starts_with", "ends_with"})
+KNOWN_OPERATIONS: Final = frozenset(
+    {"if", "?:", "and", "or", *_ITERATION_OPS, *VALUE_OPS, *DATA_OPS, *_CUSTOM_OPS}
+)
+
+
+class RuleError(Exception):
+    """A rule references an unknown operation or evaluator (flagd: PARSE_ERROR).
+
+    Raised when the offending node is *evaluated*, as flagd does, so that a broken
+    branch that is never reached does not break the flag.
+    """
+
+
+def _is_literal(logic: Any) -> bool:
+    if isinstance(logic, list):
+        return all(_is_literal(item) for item in logic)
+    return not (isinstance(logic, dict) and len(logic) == 1)
+
+
+def _const(value: Any) -> Compiled:
+    return lambda d: value
+
+
+def _flagd(flag_key: str) -> dict[str, Any]:
+    return {"flagKey": flag_key, "timestamp": int(time.time())}
+
+
+class _Compiler:
+    def __init__(
+        self,
+        flag_key: str,
+        fractional: str,
+        evaluators: Mapping[str, Any],
+        trace: list[TraceStep] | None,
+    ) -> None:
+        self.flag_key = flag_key
+        self.fractional = fractional
+        self.evaluators = evaluators
+        self.trace = trace
+        self.problems: list[str] = []
+        self._ref_stack: list[str] = []
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def compile(self, logic: Any, top: bool, at: str) -> Compiled:
+        if isinstance(logic, list):
+            if _is_literal(logic):
+                return _const(logic)
+            items = [self.compile(x, top, f"{at}/{i}") for i, x in enumerate(logic)]
+            return lambda d: [f(d) for f in items]
+        if not isinstance(logic, dict) or len(logic) != 1:
+            return _const(logic)
+        op, raw = next(iter(logic.items()))
+        here = f"{at}/{op}"
+        if op == "$ref" and isinstance(raw, str):
+            return self._ref(raw, top, here)
+        args = raw if isinstance(raw, list) else [raw]
+        if op in ("if", "?:"):
+            return self._if(args, top, here)
+        if op in ("and", "or"):
+            return self._and_or(op, args, top, here)
+        if op in _ITERATION_OPS:
+            return self._iteration(op, args, top, here)
+        fs = [self.compile(a, top, f"{here}/{i}") for i, a in enumerate(args)]
+        consts = [_is_literal(a) for a in args]
+        if op == "var":
+            return self._var(args, fs, consts, top)
+        if op in DATA_OPS:
+            return self._data_op(op, fs, top)
+        if op == "fractional":
+            return self._fractional(args, fs, consts, top, here)
+        if op == "sem_ver":
+            return self._sem_ver(args, fs, consts)
+        if op in ("starts_with", "ends_with"):
+            fn = cops.starts_with if op == "starts_with" else cops.ends_with
+            return lambda d: fn([f(d) for f in fs])
+        if op in VALUE_OPS:
+            return self._value_op(op, args, fs, consts)
+        return self._unknown(op, fs, here)
+
+    # -- control flow ---------------------------------------------------------------
+
+    def _if(self, args: list[Any], top: bool, at: str) -> Compiled:
+        fs = [self.compile(a, top, f"{at}/{i}") for i, a in enumerate(args)]
+        trace = self.trace
+        bool_conds = [self._returns_bool(a) for a in args]
+        if trace is None and len(fs) == 3:
+            c, a, b = fs
+            if bool_conds[0]:
+                return lambda d: a(d) if c(d) else b(d)
+            return lambda d: a(d) if truthy(c(d)) else b(d)
+        n = len(fs)
+
+        def if_(d: Any) -> Any:
+            i = 0
+            while i < n - 1:
+                taken = truthy(fs[i](d))
+                if trace is not None:
+                    trace.append((f"{at}/{i}", f"condition {json.dumps(args[i])} is {taken}"))
+                if taken:
+                    return fs[i + 1](d)
+                i += 2
+            if i >= n:
+                return None
+            if trace is not None and n > 1:
+                trace.append((f"{at}/{i}", "no condition matched: else branch"))
+            return fs[i](d)
+
+        return if_
+
+    def _and_or(self, op: str, args: list[Any], top: bool, at: str) -> Compiled:
+        fs = [self.compile(a, top, f"{at}/{i}") for i, a in enumerate(args)]
+        if op == "and":
+
+            def and_(d: Any) -> Any:
+                current = None
+                for f in fs:
+                    current = f(d)
+                    if not truthy(current):
+                        return current
+                return current
+
+            return and_
+
+        def or_(d: Any) -> Any:
+            current = None
+            for f in fs:
+                current = f(d)
+                if truthy(current):
+                    return current
+            return current
+
+        return or_
+
+    def _iteration(self, op: str, args: list[Any], top: bool, at: str) -> Compiled:
+        items = self.compile(args[0], top, f"{at}/0") if args else _const(None)
+        sub = self.compile(args[1], False, f"{at}/1") if len(args) > 1 else _const(None)
+        if op == "map":
+            if not args:
+                return lambda d: []
+
+            def map_(d: Any) -> Any:
+                xs = items(d)
+                return [sub(x) for x in xs] if isinstance(xs, list) else []
+
+            return map_
+        if op == "filter":
+            if len(args) < 2:
+                return lambda d: []
+
+            def filter_(d: Any) -> Any:
+                xs = items(d)
+                return [x for x in xs if truthy(sub(x))] if isinstance(xs, list) else []
+
+            return filter_
+        if op == "reduce":
+            if not args:
+                return lambda d: None
+            init = args[2] if len(args) > 2 else None  # not evaluated, as in flagd
+
+            def reduce_(d: Any) -> Any:
+                xs = items(d)
+                if not isinstance(xs, list):
+                    return init
+                scope: dict[str, Any] = {"accumulator": init}
+                for x in xs:
+                    scope["current"] = x
+                    scope["accumulator"] = sub(scope)
+                return scope["accumulator"]
+
+            return reduce_
+        if op == "all":
+            if len(args) < 2:
+                return lambda d: False
+
+            def all_(d: Any) -> bool:
+                xs = items(d)
+                if not isinstance(xs, list) or not xs:
+                    return False
+                return all(truthy(sub(x)) for x in xs)
+
+            return all_
+        if op == "some":
+            if len(args) < 2:
+                return lambda d: False
+
+            def some_(d: Any) -> bool:
+                xs = items(d)
+                return isinstance(xs, list) and any(truthy(sub(x)) for x in xs)
+
+            return some_
+        if len(args) < 2:  # none
+            return lambda d: True
+
+        def none_(d: Any) -> bool:
+            xs = items(d)
+            return not isinstance(xs, list) or not any(truthy(sub(x)) for x in xs)
+
+        return none_
+
+    def _ref(self, name: str, top: bool, at: str) -> Compiled:
+        if name not in self.evaluators:
+            self.problems.append(f'{at}: $ref to unknown evaluator "{name}"')
+            return self._raise(f'$ref to unknown evaluator "{name}"')
+        if name in self._ref_stack:
+            self.problems.append(f'{at}: evaluator "{name}" refers to itself')
+            return self._raise(f'evaluator "{name}" refers to itself')
+        self._ref_stack.append(name)
+        try:
+            return self.compile(self.evaluators[name], top, f"$evaluators/{name}")
+        finally:
+            self._ref_stack.pop()
+
+    def _unknown(self, op: str, fs: list[Compiled], at: str) -> Compiled:
+        self.problems.append(f'{at}: unknown operation "{op}"')
+        message = f'unknown operation "{op}"'
+
+        def unknown(d: Any) -> Any:
+            for f in fs:  # arguments are evaluated first, as in flagd
+                f(d)
+            raise RuleError(message)
+
+        return unknown
+
+    @staticmethod
+    def _raise(message: str) -> Compiled:
+        def fail(d: Any) -> Any:
+            raise RuleError(message)
+
+        return fail
+
+    def _returns_bool(self, logic: Any) -> bool:
+        # Operations that always give a bool (or None for flagd's custom ones), where
+        # Python truthiness equals JsonLogic's.
+        if isinstance(logic, dict) and len(logic) == 1:
+            op = next(iter(logic))
+            return op in BOOLEAN_OPS or op in ("sem_ver", "starts_with", "ends_with")
+        return isinstance(logic, bool)
+
+    # -- data access --------------------------------------------------------------------
+
+    def _full_data(self, d: Any) -> dict[str, Any]:
+        full = dict(d)
+        full["$flagd"] = _flagd(self.flag_key)
+        full["targetingKey"] = d.get("targetingKey")
+        return full
+
+    def _var(
+        self, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool
+    ) -> Compiled:
+        key = args[0] if args else None
+        default_f = fs[1] if len(fs) > 1 else None
+        if not top or not consts[0] or not (isinstance(key, str) and key):
+            if not top:
+                return lambda d: var(d, *[f(d) for f in fs])
+            full = self._full_data
+            return lambda d: var(full(d), *[f(d) for f in fs])
+        props = tuple(key.split("."))
+        if props[0] == "$flagd":
+            if key == "$flagd.flagKey":
+                return _const(self.flag_key)
+            if key == "$flagd.timestamp":
+                return lambda d: int(time.time())
+            flag_key = self.flag_key
+            if default_f is None:
+                return lambda d: walk({"$flagd": _flagd(flag_key)}, props, None)
+            return lambda d: walk({"$flagd": _flagd(flag_key)}, props, default_f(d))
+        if len(props) == 1:
+            if default_f is None:
+                return lambda d: d.get(key)
+            if consts[1]:
+                default = args[1]
+
+                def var_default(d: Any) -> Any:
+                    value = d.get(key)
+                    return default if value is None else value
+
+                return var_default
+
+            def var_dynamic(d: Any) -> Any:
+                value = d.get(key)
+                return default_f(d) if value is None else value
+
+            return var_dynamic
+        if default_f is None:
+            return lambda d: walk(d, props, None)
+        return lambda d: walk(d, props, default_f(d))
+
+    def _data_op(self, op: str, fs: list[Compiled], top: bool) -> Compiled:
+        fn = DATA_OPS[op]
+        if top and op in ("missing", "missing_some"):
+            full = self._full_data
+
+            def top_data_op(d: Any) -> Any:
+                values = [f(d) for f in fs]
+                return fn(full(d), *values)
+
+            return top_data_op
+        return lambda d: fn(d, *[f(d) for f in fs])
+
+    # -- flagd operations -----------------------------------------------------------
+
+    def _fractional(
+        self, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool, at: str
+    ) -> Compiled:
+        version = self.fractional
+        flag_key = self.flag_key
+        trace = self.trace
+        if not top:
+            # Inside map/filter/... flagd reads $flagd and targetingKey from the item.
+            def nested(d: Any) -> Any:
+                key = d.get("$flagd", {}).get("flagKey", "")
+                return cops.fractional(key, d.get("targetingKey"), [f(d) for f in fs], version)
+
+            return nested
+        if not args:
+            return _const(None)
+        shorthand = isinstance(args[0], list) and consts[0]
+        rest = args if shorthand else args[1:]
+        if all(consts[len(args) - len(rest) :]) and trace is None:
+            bucketer = cops.Bucketer.parse(rest)
+            if bucketer is None or bucketer.total <= 0 or bucketer.total > cops.MAX_WEIGHT_SUM:
+                if shorthand:
+                    return _const(None)
+            elif shorthand:
+                return self._fractional_shorthand(bucketer)
+            else:
+                return self._fractional_by(fs[0], bucketer, rest)
+
+        def generic(d: Any) -> Any:
+            values = [f(d) for f in fs]
+            result = cops.fractional(flag_key, d.get("targetingKey"), values, version)
+            if trace is not None:
+                trace.append((at, f"fractional bucket -> {json.dumps(result)}"))
+            return result
+
+        return generic
+
+    def _fractional_shorthand(self, bucketer: cops.Bucketer) -> Compiled:
+        hash_ = cops._hash
+        pick = bucketer.pick
+        if self.fractional == "v2":
+            flag_key = self.flag_key
+
+            def v2(d: Any) -> Any:
+                tk = d.get("targetingKey")
+                if not tk or type(tk) is not str:
+                    return None
+                return pick(hash_(flag_key + tk, signed=False))
+
+            return v2
+        prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
+        text = cops.canonical_cbor
+
+        def v3(d: Any) -> Any:
+            tk = d.get("targetingKey")
+            if not tk or type(tk) is not str:
+                return None
+            return pick(hash_(prefix + text(tk), signed=False))
+
+        return v3
+
+    def _fractional_by(
+        self, first: Compiled, bucketer: cops.Bucketer, rest: list[Any]
+    ) -> Compiled:
+        # The first argument is an expression; its value decides how flagd reads it.
+        hash_ = cops._hash
+        pick = bucketer.pick
+        flag_key = self.flag_key
+        version = self.fractional
+        encode = cops.canonical_cbor
+
+        def fractional_by(d: Any) -> Any:
+            value = first(d)
+            if type(value) is str:
+                if version == "v2":
+                    return pick(hash_(value, signed=False)) if value else None
+                return pick(hash_(encode(value), signed=False))
+            return cops.fractional(flag_key, d.get("targetingKey"), [value, *rest], version)
+
+        return fractional_by
+
+    def _sem_ver(self, args: list[Any], fs: list[Compiled], consts: list[bool]) -> Compiled:
+        if len(args) == 3 and consts[1] and consts[2] and not consts[0]:
+            compare = cops.semver_operator(args[1])
+            right = cops.parse_semver(args[2])
+            left_f = fs[0]
+            if compare is None or right is None:
+                return lambda d: (left_f(d), None)[1]
+
+            def sem_ver(d: Any) -> bool | None:
+                left = cops.parse_semver(left_f(d))
+                return None if left is None else compare(left, right)
+
+            return sem_ver
+        return lambda d: cops.sem_ver([f(d) for f in fs])
+
+    # -- value operations -------------------------------------------------------------
+
+    def _value_op(
+        self, op: str, args: list[Any], fs: list[Compiled], consts: list[bool]
+    ) -> Compiled:
+        fn = VALUE_OPS[op]
+        if len(fs) == 2 and op in ("==", "!=") and consts[1] and not consts[0]:
+            b = args[1]
+            a_f = fs[0]
+            negate = op == "!="
+            if isinstance(b, str):
+
+                def eq_str(d: Any) -> bool:
+                    a = a_f(d)
+                    result = a == b if type(a) is str else equals(a, b)
+                    return result != negate
+
+                return eq_str
+
+            def eq_const(d: Any) -> bool:
+                return equals(a_f(d), b) != negate
+
+            return eq_const
+        if op == "in" and len(fs) == 2 and consts[1] and isinstance(args[1], list):
+            haystack = args[1]
+            needle_f = fs[0]
+            try:
+                fast = frozenset(haystack)
+            except TypeError:
+                return lambda d: needle_f(d) in haystack
+
+            def in_set(d: Any) -> bool:
+                needle = needle_f(d)
+                try:
+                    return needle in fast
+                except TypeError:  # unhashable needle: compare as a list does
+                    return needle in haystack
+
+            return in_set
+        if op in ("<", ">", "<=", ">=") and len(fs) == 2 and consts[1]:
+            b = args[1]
+            if isinstance(b, NUMERIC) and not isinstance(b, bool):
+                a_f = fs[0]
+                slow = fn
+                cmp = {
+                    "<": lambda x: x < b,
+                    ">": lambda x: x > b,
+                    "<=": lambda x: x <= b,
+                    ">=": lambda x: x >= b,
+                }[op]
+
+                def compare_number(d: Any) -> bool:
+                    a = a_f(d)
+                    if type(a) is int or type(a) is float:
+                        return cmp(a)
+                    return bool(slow(a, b))
+
+                return compare_number
+        if all(consts):
+            values = list(args)
+            return lambda d: fn(*values)
+        if len(fs) == 1:
+            f0 = fs[0]
+            return lambda d: fn(f0(d))
+        if len(fs) == 2:
+            f0, f1 = fs
+            return lambda d: fn(f0(d), f1(d))
+        return lambda d: fn(*[f(d) for f in fs])
+
+
+def compile_rule(
+    logic: Any,
+    *,
+    flag_key: str,
+    fractional: str = "v2",
+    evaluators: Mapping[str, Any] | None = None,
+    trace: list[TraceStep] | None = None,
+) -> tuple[Compiled, list[str]]:
+    """Compile a targeting rule.
+
+    Args:
+        logic: The rule (parsed JSON).
+        flag_key: The flag the rule belongs to (``$flagd.flagKey``, fractional seed).
+        fractional: ``"v2"`` or ``"v3"`` bucketing.
+        evaluators: The flag set's ``$evaluators`` for ``$ref``.
+        trace: When given, the compiled rule appends what it decided here (for explain).
+
+    Returns:
+        The compiled rule, taking the context as a dict, and the problems found (unknown
+        operations, dangling ``$ref``), which raise :class:`RuleError` when reached.
+    """
+    compiler = _Compiler(flag_key, fractional, evaluators or {}, trace)
+    compiled = compiler.compile(logic, True, "targeting")
+    return compiled, compiler.problems
+
+
+__all__ += ["KNOWN_OPERATIONS", "missing", "to_number"]
