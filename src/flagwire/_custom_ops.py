@@ -137,7 +137,7 @@ class Bucketer:
         if total <= 0 or total > MAX_WEIGHT_SUM:
             return None
         bucket = (hash_u32 * total) >> 32
-        for end, variant in zip(self.ends, self.variants):
+        for end, variant in zip(self.ends, self.variants, strict=True):
             if bucket < end:
                 return variant
         return None
@@ -232,7 +232,7 @@ def _compare(a: SemVer, b: SemVer) -> int:
         return 1
     if not pb:
         return -1
-    for x, y in zip(pa, pb):
+    for x, y in zip(pa, pb, strict=False):
         if x != y:
             return -1 if x < y else 1
     return (len(pa) > len(pb)) - (len(pa) < len(pb))

@@ -164,7 +164,11 @@ class _Validator:
             )
         variants = data.get("variants")
         if not isinstance(variants, dict) or not variants:
-            what = "is missing" if variants is None else f"must be a non-empty object, not {_kind(variants)}"
+            what = (
+                "is missing"
+                if variants is None
+                else f"must be a non-empty object, not {_kind(variants)}"
+            )
             raise self.fail(
                 f"variants {what}", flag=key, pointer=f"{pointer}.variants", prop="variants"
             )
@@ -258,7 +262,7 @@ def parse_text(text: str, source: str | None = None, fmt: str | None = None) -> 
     use_yaml = fmt == "yaml" if fmt is not None else _looks_like_yaml(source, text)
     try:
         if use_yaml:
-            return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - SafeLoader subclass
+            return yaml.load(text, Loader=_Yaml12Loader)
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise FlagsetError(f"invalid JSON: {exc.msg}", path=source, line=exc.lineno) from exc

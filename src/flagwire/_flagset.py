@@ -75,7 +75,14 @@ class _CompiledFlag:
 
         def result(variant: str, reason: Reason) -> Assignment:
             return Assignment(
-                key, definition.variants[variant], variant, reason, None, None, self.metadata, version
+                key,
+                definition.variants[variant],
+                variant,
+                reason,
+                None,
+                None,
+                self.metadata,
+                version,
             )
 
         self.matches = {v: result(v, Reason.TARGETING_MATCH) for v in definition.variants}
@@ -88,7 +95,9 @@ class _CompiledFlag:
         if not targeting:
             return  # flagd: a falsy rule ({} or null) means a static flag
         if not isinstance(targeting, dict):
-            self.rule_error = f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
+            self.rule_error = (
+                f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
+            )
             problems.append(f'flag "{key}": {self.rule_error}')
             return
         rule, found = compile_rule(
@@ -124,9 +133,7 @@ class _CompiledFlag:
             if chosen is None:
                 result = self.default_result
             else:
-                result = self.matches.get(
-                    chosen if type(chosen) is str else _variant_name(chosen)
-                )
+                result = self.matches.get(chosen if type(chosen) is str else _variant_name(chosen))
                 if result is None:
                     name = _variant_name(chosen)
                     return self.error(
@@ -150,7 +157,7 @@ class _CompiledFlag:
             return self.error(
                 default,
                 ErrorCode.TYPE_MISMATCH,
-                f"expected {flag_type.value}, but variant \"{result.variant}\" is "
+                f'expected {flag_type.value}, but variant "{result.variant}" is '
                 f"{type(result.value).__name__}",
             )
         if flag_type is FlagType.FLOAT and type(result.value) is int:
@@ -183,7 +190,16 @@ class FlagSet:
         source: The file (or name) the flag set came from.
     """
 
-    __slots__ = ("_evaluators", "_flags", "digest", "fractional", "metadata", "problems", "source", "version")
+    __slots__ = (
+        "_evaluators",
+        "_flags",
+        "digest",
+        "fractional",
+        "metadata",
+        "problems",
+        "source",
+        "version",
+    )
 
     def __init__(self, document: FlagsetDocument, *, fractional: str | None = None) -> None:
         chosen = fractional or document.metadata.get(FRACTIONAL_METADATA_KEY) or "v2"
@@ -226,7 +242,7 @@ class FlagSet:
         cls,
         text: str,
         *,
-        format: str | None = None,  # noqa: A002 - mirrors the option users know
+        format: str | None = None,
         source: str | None = None,
         fractional: str | None = None,
     ) -> FlagSet:
@@ -338,14 +354,19 @@ class FlagSet:
         return self.evaluate(key, context, default, flag_type=FlagType.OBJECT).value
 
     def explain(
-        self, key: str, context: Context | None = None, default: Any = None
+        self,
+        key: str,
+        context: Context | None = None,
+        default: Any = None,
+        *,
+        flag_type: FlagType | None = None,
     ) -> tuple[Assignment, list[TraceStep]]:
         """Evaluate like :meth:`evaluate` and also say which parts of the rule decided.
 
         Slow (compiles the rule again, with tracing); meant for tools like
         ``flagwire explain``, not for request paths.
         """
-        assignment = self.evaluate(key, context, default)
+        assignment = self.evaluate(key, context, default, flag_type=flag_type)
         flag = self._flags.get(key)
         steps: list[TraceStep] = []
         if flag is None:

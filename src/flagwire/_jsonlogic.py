@@ -289,9 +289,7 @@ class _Compiler:
         full["targetingKey"] = d.get("targetingKey")
         return full
 
-    def _var(
-        self, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool
-    ) -> Compiled:
+    def _var(self, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool) -> Compiled:
         key = args[0] if args else None
         default_f = fs[1] if len(fs) > 1 else None
         if not top or not consts[0] or not (isinstance(key, str) and key):
@@ -404,9 +402,7 @@ class _Compiler:
 
         return v3
 
-    def _fractional_by(
-        self, first: Compiled, bucketer: cops.Bucketer, rest: list[Any]
-    ) -> Compiled:
+    def _fractional_by(self, first: Compiled, bucketer: cops.Bucketer, rest: list[Any]) -> Compiled:
         # The first argument is an expression; its value decides how flagd reads it.
         hash_ = cops._hash
         pick = bucketer.pick
@@ -483,11 +479,11 @@ class _Compiler:
             if isinstance(b, NUMERIC) and not isinstance(b, bool):
                 a_f = fs[0]
                 slow = fn
-                cmp = {
-                    "<": lambda x: x < b,
-                    ">": lambda x: x > b,
-                    "<=": lambda x: x <= b,
-                    ">=": lambda x: x >= b,
+                cmp: Callable[[Any], bool] = {
+                    "<": lambda x: bool(x < b),
+                    ">": lambda x: bool(x > b),
+                    "<=": lambda x: bool(x <= b),
+                    ">=": lambda x: bool(x >= b),
                 }[op]
 
                 def compare_number(d: Any) -> bool:

@@ -153,10 +153,7 @@ def substr(string: Any = None, index: Any = None, length: Any = None, *_: Any) -
             end = start
         else:
             n = int(n)
-            if n < 0:
-                end = max(size + n, start)
-            else:
-                end = start + n
+            end = max(size + n, start) if n < 0 else start + n
     return text[int(start) : int(end)]
 
 
@@ -174,7 +171,7 @@ def var(data: Any, key: Any = None, default: Any = None, *_: Any) -> Any:
                 return default
             return data[index]
         if isinstance(data, dict):
-            data = data.get(key)  # type: ignore[call-overload]
+            data = data.get(key)
             if data is None:
                 return default
         else:

@@ -123,7 +123,7 @@ class _SourceBase:
         for listener in listeners:
             try:
                 listener(old, new)
-            except Exception:
+            except Exception:  # noqa: PERF203 - one listener must not stop the others
                 logger.exception("flagwire: a flag-set listener failed")
 
     def _reject(self, error: Exception) -> None:
@@ -136,9 +136,7 @@ class _SourceBase:
                 failures=self._status.failures + 1,
             )
             version = self._flagset.version_label
-        logger.error(
-            "flagwire: %s; keeping the flag set in force (%s)", error, version
-        )
+        logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
 
 
 class FileSource(_SourceBase):
@@ -191,7 +189,9 @@ class FileSource(_SourceBase):
             )
         if poll_interval > 0:
             self._thread = threading.Thread(
-                target=self._watch, args=(poll_interval,), name=f"flagwire-watch:{path}",
+                target=self._watch,
+                args=(poll_interval,),
+                name=f"flagwire-watch:{path}",
                 daemon=True,
             )
             self._thread.start()
