@@ -160,7 +160,7 @@ class _Validator:
                 f"state {what}; it must be ENABLED or DISABLED",
                 flag=key,
                 pointer=f"{pointer}.state",
-                prop="state",
+                prop=None if state is None else "state",
             )
         variants = data.get("variants")
         if not isinstance(variants, dict) or not variants:
@@ -170,7 +170,10 @@ class _Validator:
                 else f"must be a non-empty object, not {_kind(variants)}"
             )
             raise self.fail(
-                f"variants {what}", flag=key, pointer=f"{pointer}.variants", prop="variants"
+                f"variants {what}",
+                flag=key,
+                pointer=f"{pointer}.variants",
+                prop=None if variants is None else "variants",
             )
         for name in variants:
             if not isinstance(name, str):

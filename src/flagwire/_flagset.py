@@ -18,7 +18,7 @@ from ._definitions import (
     parse_text,
     read_document,
 )
-from ._errors import ConfigError
+from ._errors import ConfigError, FlagsetError
 from ._jsonlogic import Compiled, RuleError, TraceStep, compile_rule
 from ._types import Context, MetadataValue
 
@@ -27,8 +27,16 @@ __all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
 FRACTIONAL_METADATA_KEY: Final = "flagwire.fractional"
 """Flag-set metadata key that selects the fractional algorithm (``"v2"`` or ``"v3"``)."""
 
-_TYPE_OF = FlagType.of
 _EMPTY_CONTEXT: Final[dict[str, Any]] = {}
+
+
+def _plain_copy(value: Any) -> Any:
+    """A deep copy made of dicts and lists, from any mappings and sequences."""
+    if isinstance(value, Mapping):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_copy(v) for v in value]
+    return value
 
 
 def _variant_name(value: Any) -> str:
@@ -39,8 +47,53 @@ def _variant_name(value: Any) -> str:
     return str(value)
 
 
+_NONE_TYPE: Final = type(None)
+# The expected type, as the Python type of a typical default (list and dict are "object").
+_EXPECT: Final[dict[type, type]] = {
+    bool: bool,
+    str: str,
+    int: int,
+    float: float,
+    dict: dict,
+    list: dict,
+}
+_EXPECT_OF_FLAG_TYPE: Final[dict[FlagType, type]] = {
+    FlagType.BOOLEAN: bool,
+    FlagType.STRING: str,
+    FlagType.INTEGER: int,
+    FlagType.FLOAT: float,
+    FlagType.OBJECT: dict,
+}
+# Which expected types a variant value satisfies (NoneType: nothing expected).
+_SATISFIES: Final[dict[type, frozenset[type]]] = {
+    bool: frozenset({bool, _NONE_TYPE}),
+    str: frozenset({str, _NONE_TYPE}),
+    int: frozenset({int, float, _NONE_TYPE}),
+    float: frozenset({float, _NONE_TYPE}),
+    dict: frozenset({dict, _NONE_TYPE}),
+    list: frozenset({dict, _NONE_TYPE}),
+}
+# The default types for which the prebuilt result is returned as it is (no float
+# conversion, no mismatch): the hot path checks only this.
+_AS_IS: Final[dict[type, frozenset[type]]] = {
+    bool: frozenset({bool, _NONE_TYPE}),
+    str: frozenset({str, _NONE_TYPE}),
+    int: frozenset({int, _NONE_TYPE}),
+    float: frozenset({float, _NONE_TYPE}),
+    dict: frozenset({dict, list, _NONE_TYPE}),
+    list: frozenset({dict, list, _NONE_TYPE}),
+}
+_ONLY_NONE: Final = frozenset({_NONE_TYPE})
+_TYPE_NAMES: Final[dict[type, str]] = {t: ft.value for ft, t in _EXPECT_OF_FLAG_TYPE.items()}
+_UNSET: Final = object()
+
+
+_Match = tuple[Assignment, frozenset[type], frozenset[type]]
+"""A prebuilt result, the expected types it satisfies, the default types it fits as is."""
+
+
 class _CompiledFlag:
-    """A flag ready to evaluate: prebuilt results, a compiled rule."""
+    """A flag ready to evaluate: prebuilt results per variant, a compiled rule."""
 
     __slots__ = (
         "default_result",
@@ -73,16 +126,13 @@ class _CompiledFlag:
         merged.update(definition.metadata)
         self.metadata: Mapping[str, MetadataValue] = MappingProxyType(merged)
 
-        def result(variant: str, reason: Reason) -> Assignment:
-            return Assignment(
-                key,
-                definition.variants[variant],
-                variant,
-                reason,
-                None,
-                None,
-                self.metadata,
-                version,
+        def result(variant: str, reason: Reason) -> _Match:
+            value = definition.variants[variant]
+            assignment = Assignment(key, value, variant, reason, None, None, self.metadata, version)
+            return (
+                assignment,
+                _SATISFIES.get(type(value), _ONLY_NONE),
+                _AS_IS.get(type(value), _ONLY_NONE),
             )
 
         self.matches = {v: result(v, Reason.TARGETING_MATCH) for v in definition.variants}
@@ -91,6 +141,9 @@ class _CompiledFlag:
         self.static_result = result(dv, Reason.STATIC) if dv is not None else None
         self.rule: Compiled | None = None
         self.rule_error: str | None = None
+        if self.disabled:
+            self.static_result = None  # always the slow path, which says DISABLED
+            return
         targeting = definition.targeting
         if not targeting:
             return  # flagd: a falsy rule ({} or null) means a static flag
@@ -111,56 +164,51 @@ class _CompiledFlag:
             self.key, default, None, Reason.ERROR, code, message, self.metadata, self.version
         )
 
-    def evaluate(self, context: Any, default: Any, flag_type: FlagType | None) -> Assignment:
+    def resolve(
+        self, chosen: Any, context: Any, default: Any, flag_type: FlagType | None
+    ) -> Assignment:
+        """Everything off the hot path: disabled, errors, no default, type checks.
+
+        ``chosen`` is what the rule returned, or ``_UNSET`` if there is no rule.
+        """
         if self.disabled:
             return Assignment(
                 self.key, default, None, Reason.DISABLED, None, None, self.metadata, self.version
             )
-        rule = self.rule
-        if rule is None:
+        match: _Match | None
+        if chosen is _UNSET:
             if self.rule_error is not None:
                 return self.error(default, ErrorCode.PARSE_ERROR, self.rule_error)
-            result = self.static_result
+            match = self.static_result
+        elif chosen is None:
+            match = self.default_result
         else:
-            if type(context) is not dict:
-                context = _EMPTY_CONTEXT if context is None else dict(context)
-            try:
-                chosen = rule(context)
-            except RuleError as exc:
-                return self.error(default, ErrorCode.PARSE_ERROR, str(exc))
-            except Exception as exc:  # a rule that fails never fails the caller
-                return self.error(default, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
-            if chosen is None:
-                result = self.default_result
-            else:
-                result = self.matches.get(chosen if type(chosen) is str else _variant_name(chosen))
-                if result is None:
-                    name = _variant_name(chosen)
-                    return self.error(
-                        default,
-                        ErrorCode.GENERAL,
-                        f'targeting chose variant "{name}", which is not one of '
-                        f"[{', '.join(self.matches)}]",
-                    )
-        if result is None:  # no default variant: the caller's default
+            match = self.matches.get(_variant_name(chosen))
+            if match is None:
+                return self.error(
+                    default,
+                    ErrorCode.GENERAL,
+                    f'targeting chose variant "{_variant_name(chosen)}", which is not '
+                    f"one of [{', '.join(self.matches)}]",
+                )
+        if match is None:  # no default variant: the caller's default
             return Assignment(
-                self.key,
-                default,
-                None,
-                Reason.DEFAULT,
-                None,
-                None,
-                self.metadata,
-                self.version,
+                self.key, default, None, Reason.DEFAULT, None, None, self.metadata, self.version
             )
-        if flag_type is not None and not flag_type.accepts(result.value):
+        result, satisfies, _ = match
+        expect = (
+            _EXPECT.get(type(default), _NONE_TYPE)
+            if flag_type is None
+            else _EXPECT_OF_FLAG_TYPE[flag_type]
+        )
+        if expect not in satisfies:
             return self.error(
                 default,
                 ErrorCode.TYPE_MISMATCH,
-                f'expected {flag_type.value}, but variant "{result.variant}" is '
-                f"{type(result.value).__name__}",
+                f'expected {_TYPE_NAMES.get(expect, "?")}, but variant "{result.variant}" '
+                f"is {type(result.value).__name__}",
             )
-        if flag_type is FlagType.FLOAT and type(result.value) is int:
+        if expect is float and type(result.value) is int:
             return Assignment(
                 self.key,
                 float(result.value),
@@ -172,6 +220,12 @@ class _CompiledFlag:
                 self.version,
             )
         return result
+
+    def failed(self, exc: Exception, default: Any) -> Assignment:
+        """The assignment for a rule that raised."""
+        if isinstance(exc, RuleError):
+            return self.error(default, ErrorCode.PARSE_ERROR, str(exc))
+        return self.error(default, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
 
 
 class FlagSet:
@@ -202,10 +256,18 @@ class FlagSet:
     )
 
     def __init__(self, document: FlagsetDocument, *, fractional: str | None = None) -> None:
+        if fractional is not None and fractional not in FRACTIONAL_VERSIONS:
+            raise ConfigError(
+                f"fractional algorithm {fractional!r} is unknown; use one of "
+                f"{', '.join(FRACTIONAL_VERSIONS)}"
+            )
         chosen = fractional or document.metadata.get(FRACTIONAL_METADATA_KEY) or "v2"
         if chosen not in FRACTIONAL_VERSIONS:
-            raise ConfigError(
-                f"fractional algorithm {chosen!r} is unknown; use one of {FRACTIONAL_VERSIONS}"
+            raise FlagsetError(
+                f"metadata {FRACTIONAL_METADATA_KEY} is {json.dumps(chosen)}; use one of "
+                f"{', '.join(FRACTIONAL_VERSIONS)}",
+                path=document.source,
+                pointer=f"metadata.{FRACTIONAL_METADATA_KEY}",
             )
         self.fractional = str(chosen)
         self.source = document.source
@@ -259,7 +321,7 @@ class FlagSet:
         fractional: str | None = None,
     ) -> FlagSet:
         """Load a flag set from an already parsed document (a dict)."""
-        raw = json.loads(json.dumps(data))  # a private, plain-JSON copy
+        raw = _plain_copy(data)  # private, so later changes to ``data`` change nothing
         return cls(parse_document(raw, source=source), fractional=fractional)
 
     @classmethod
@@ -318,17 +380,35 @@ class FlagSet:
         """
         flag = self._flags.get(key)
         if flag is None:
-            return Assignment(
-                key,
-                default,
-                None,
-                Reason.ERROR,
-                ErrorCode.FLAG_NOT_FOUND,
-                f'flag "{key}" is not in flag set {self.source or ""}'.rstrip(),
-                flagset_version=self.version_label,
-            )
-        return flag.evaluate(
-            context, default, flag_type if flag_type is not None else _TYPE_OF(default)
+            return self._not_found(key, default)
+        # The hot path: a prebuilt result that fits the caller's default as it is.
+        rule = flag.rule
+        if rule is None:
+            match = flag.static_result
+            if match is not None and flag_type is None and type(default) in match[2]:
+                return match[0]
+            return flag.resolve(_UNSET, context, default, flag_type)
+        if type(context) is not dict:
+            context = _EMPTY_CONTEXT if context is None else dict(context)
+        try:
+            chosen = rule(context)
+        except Exception as exc:  # a rule that fails never fails the caller
+            return flag.failed(exc, default)
+        if type(chosen) is str and flag_type is None:
+            match = flag.matches.get(chosen)
+            if match is not None and type(default) in match[2]:
+                return match[0]
+        return flag.resolve(chosen, context, default, flag_type)
+
+    def _not_found(self, key: str, default: Any) -> Assignment:
+        return Assignment(
+            key,
+            default,
+            None,
+            Reason.ERROR,
+            ErrorCode.FLAG_NOT_FOUND,
+            f'flag "{key}" is not in flag set {self.source or ""}'.rstrip(),
+            flagset_version=self.version_label,
         )
 
     def boolean(self, key: str, default: bool, context: Context | None = None) -> bool:

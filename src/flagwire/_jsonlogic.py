@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from . import _custom_ops as cops
+from ._codegen import generate_rule
 from ._jsonlogic_ops import (
     BOOLEAN_OPS,
     DATA_OPS,
@@ -119,7 +121,7 @@ class _Compiler:
             fn = cops.starts_with if op == "starts_with" else cops.ends_with
             return lambda d: fn([f(d) for f in fs])
         if op in VALUE_OPS:
-            return self._value_op(op, args, fs, consts)
+            return self._value_op(op, args, fs, consts, top)
         return self._unknown(op, fs, here)
 
     # -- control flow ---------------------------------------------------------------
@@ -129,10 +131,7 @@ class _Compiler:
         trace = self.trace
         bool_conds = [self._returns_bool(a) for a in args]
         if trace is None and len(fs) == 3:
-            c, a, b = fs
-            if bool_conds[0]:
-                return lambda d: a(d) if c(d) else b(d)
-            return lambda d: a(d) if truthy(c(d)) else b(d)
+            return self._if3(args, fs, bool_conds[0])
         n = len(fs)
 
         def if_(d: Any) -> Any:
@@ -151,6 +150,23 @@ class _Compiler:
             return fs[i](d)
 
         return if_
+
+    @staticmethod
+    def _if3(args: list[Any], fs: list[Compiled], bool_cond: bool) -> Compiled:
+        # The common ``if``: one condition, two branches; literal branches are inlined.
+        c, a, b = fs
+        test = c if bool_cond else (lambda d: truthy(c(d)))
+        a_lit, b_lit = _is_literal(args[1]), _is_literal(args[2])
+        if a_lit and b_lit:
+            va, vb = args[1], args[2]
+            return lambda d: va if test(d) else vb
+        if a_lit:
+            va = args[1]
+            return lambda d: va if test(d) else b(d)
+        if b_lit:
+            vb = args[2]
+            return lambda d: a(d) if test(d) else vb
+        return lambda d: a(d) if test(d) else b(d)
 
     def _and_or(self, op: str, args: list[Any], top: bool, at: str) -> Compiled:
         fs = [self.compile(a, top, f"{at}/{i}") for i, a in enumerate(args)]
@@ -379,8 +395,9 @@ class _Compiler:
         return generic
 
     def _fractional_shorthand(self, bucketer: cops.Bucketer) -> Compiled:
+        # The hot path of every rollout: hash the targeting key, find the bucket.
         hash_ = cops._hash
-        pick = bucketer.pick
+        ends, variants, total = bucketer.ends, bucketer.variants, bucketer.total
         if self.fractional == "v2":
             flag_key = self.flag_key
 
@@ -388,7 +405,7 @@ class _Compiler:
                 tk = d.get("targetingKey")
                 if not tk or type(tk) is not str:
                     return None
-                return pick(hash_(flag_key + tk, signed=False))
+                return variants[bisect_right(ends, (hash_(flag_key + tk, 0, False) * total) >> 32)]
 
             return v2
         prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
@@ -398,7 +415,7 @@ class _Compiler:
             tk = d.get("targetingKey")
             if not tk or type(tk) is not str:
                 return None
-            return pick(hash_(prefix + text(tk), signed=False))
+            return variants[bisect_right(ends, (hash_(prefix + text(tk), 0, False) * total) >> 32)]
 
         return v3
 
@@ -437,14 +454,36 @@ class _Compiler:
 
     # -- value operations -------------------------------------------------------------
 
+    @staticmethod
+    def _simple_var(logic: Any) -> str | None:
+        """The key of ``{"var": "name"}`` (no dots, no default, not $flagd), else None."""
+        if not (isinstance(logic, dict) and len(logic) == 1 and "var" in logic):
+            return None
+        key = logic["var"]
+        if isinstance(key, list):
+            if len(key) != 1:
+                return None
+            key = key[0]
+        if not isinstance(key, str) or not key or "." in key or key == "$flagd":
+            return None
+        return key
+
     def _value_op(
-        self, op: str, args: list[Any], fs: list[Compiled], consts: list[bool]
+        self, op: str, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool
     ) -> Compiled:
         fn = VALUE_OPS[op]
         if len(fs) == 2 and op in ("==", "!=") and consts[1] and not consts[0]:
             b = args[1]
             a_f = fs[0]
             negate = op == "!="
+            simple = self._simple_var(args[0]) if top else None
+            if isinstance(b, str) and simple is not None:
+
+                def eq_str_var(d: Any) -> bool:
+                    a = d.get(simple)
+                    return (a == b if type(a) is str else equals(a, b)) != negate
+
+                return eq_str_var
             if isinstance(b, str):
 
                 def eq_str(d: Any) -> bool:
@@ -527,6 +566,17 @@ def compile_rule(
         operations, dangling ``$ref``), which raise :class:`RuleError` when reached.
     """
     compiler = _Compiler(flag_key, fractional, evaluators or {}, trace)
+    if trace is None:
+        generated = generate_rule(
+            logic,
+            flag_key=flag_key,
+            fractional=fractional,
+            evaluators=evaluators or {},
+            fallback=compiler.compile,
+        )
+        if generated is not None:
+            return generated, list(dict.fromkeys(compiler.problems))
+        compiler.problems.clear()
     compiled = compiler.compile(logic, True, "targeting")
     return compiled, compiler.problems
 

@@ -1,0 +1,306 @@
+"""Generate Python source for the hot subset of targeting rules.
+
+The closure compiler in :mod:`flagwire._jsonlogic` handles every operation; calling one
+closure per node costs a Python call each. For the shapes real rules are made of —
+``if``, ``==``/``!=`` against a string, ``in`` a list, numeric comparisons, ``and``/``or``
+of conditions, ``!``, ``var``, ``$ref``, ``starts_with``/``ends_with``/``sem_ver`` with
+literal arguments, and ``fractional`` over literal buckets — this module writes one
+Python function whose body is a single expression, so a canary rule runs with no Python
+call but the hash. Any other node becomes a call to its closure, so the semantics are
+exactly the closure compiler's (and flagd's).
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import _custom_ops as cops
+from ._jsonlogic_ops import BOOLEAN_OPS, equals, greater, greater_equal, less, less_equal, truthy
+
+__all__ = ["generate_rule"]
+
+_BOOL = "bool"  # the expression is a bool, or None where Python truthiness is the same
+_ANY = "any"
+
+_ORDER_FALLBACK = {"<": less, ">": greater, "<=": less_equal, ">=": greater_equal}
+_INLINE_LITERAL = (str, int, bool, type(None))
+
+
+class _Generator:
+    def __init__(
+        self,
+        flag_key: str,
+        fractional: str,
+        evaluators: Mapping[str, Any],
+        fallback: Callable[[Any, bool, str], Callable[[Any], Any]],
+    ) -> None:
+        self.flag_key = flag_key
+        self.algorithm = fractional
+        self.evaluators = evaluators
+        self.fallback = fallback
+        self.namespace: dict[str, Any] = {
+            "_equals": equals,
+            "_truthy": truthy,
+            "_bisect": bisect_right,
+            "_hash": cops._hash,
+            "_cbor": cops.canonical_cbor,
+            "_parse_semver": cops.parse_semver,
+        }
+        self._n = 0
+        self._refs: list[str] = []
+
+    def name(self, value: Any, prefix: str = "_k") -> str:
+        self._n += 1
+        name = f"{prefix}{self._n}"
+        self.namespace[name] = value
+        return name
+
+    def temp(self) -> str:
+        self._n += 1
+        return f"_t{self._n}"
+
+    def literal(self, value: Any) -> str:
+        if type(value) in _INLINE_LITERAL:
+            return repr(value)
+        return self.name(value)
+
+    def closure(self, logic: Any, top: bool, at: str) -> tuple[str, str]:
+        fn = self.fallback(logic, top, at)
+        kind = _BOOL if _returns_bool(logic) else _ANY
+        return f"{self.name(fn, '_c')}(d)", kind
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def expr(self, logic: Any, at: str) -> tuple[str, str]:
+        """Source of an expression over ``d`` (the top-level context dict), and its kind."""
+        if not (isinstance(logic, dict) and len(logic) == 1):
+            if isinstance(logic, list):
+                return self.closure(logic, True, at)
+            return self.literal(logic), (_BOOL if isinstance(logic, bool) else _ANY)
+        op, raw = next(iter(logic.items()))
+        here = f"{at}/{op}"
+        if op == "$ref" and isinstance(raw, str):
+            if raw not in self.evaluators or raw in self._refs:
+                return self.closure(logic, True, at)
+            self._refs.append(raw)
+            try:
+                return self.expr(self.evaluators[raw], f"$evaluators/{raw}")
+            finally:
+                self._refs.pop()
+        args = raw if isinstance(raw, list) else [raw]
+        method = _HANDLERS.get(op)
+        result = method(self, args, here) if method is not None else None
+        if result is None:
+            return self.closure(logic, True, at)
+        return result
+
+    def cond(self, logic: Any, at: str) -> str:
+        src, kind = self.expr(logic, at)
+        return src if kind == _BOOL else f"_truthy({src})"
+
+    # -- handlers: each returns None when the shape is not one it inlines -------------
+
+    def var(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        if not args or len(args) > 2:
+            return None
+        key = args[0]
+        if not isinstance(key, str) or not key or "." in key or key == "$flagd":
+            return None
+        get = f"d.get({key!r})"
+        if len(args) == 1 or args[1] is None:
+            return get, _ANY
+        if not _is_literal(args[1]):
+            return None
+        t = self.temp()
+        return f"({t} if ({t} := {get}) is not None else {self.literal(args[1])})", _ANY
+
+    def if_(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        if len(args) < 3:
+            return None
+        parts = []
+        i = 0
+        while i < len(args) - 1:
+            parts.append((self.cond(args[i], f"{at}/{i}"), self.expr(args[i + 1], f"{at}/{i + 1}")))
+            i += 2
+        tail = self.expr(args[i], f"{at}/{i}") if i < len(args) else ("None", _ANY)
+        src, kind = tail
+        all_bool = kind == _BOOL
+        for cond, (value, value_kind) in reversed(parts):
+            src = f"({value} if {cond} else {src})"
+            all_bool = all_bool and value_kind == _BOOL
+        return src, (_BOOL if all_bool else _ANY)
+
+    def equality(self, op: str, args: list[Any], at: str) -> tuple[str, str] | None:
+        if len(args) != 2:
+            return None
+        left, right = args
+        if isinstance(right, str) and not _is_literal(left):
+            expr, lit, lit_first = left, right, False
+        elif isinstance(left, str) and not _is_literal(right):
+            expr, lit, lit_first = right, left, True
+        else:
+            return None
+        value, _ = self.expr(expr, f"{at}/{1 if lit_first else 0}")
+        t = self.temp()
+        slow = f"_equals({lit!r}, {t})" if lit_first else f"_equals({t}, {lit!r})"
+        src = f"(({t} == {lit!r}) if type({t} := {value}) is str else {slow})"
+        return (f"(not {src})" if op == "!=" else src), _BOOL
+
+    def eq(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        return self.equality("==", args, at)
+
+    def ne(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        return self.equality("!=", args, at)
+
+    def in_(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        if len(args) != 2 or not isinstance(args[1], list) or not _is_literal(args[1]):
+            return None
+        haystack = args[1]
+        value, _ = self.expr(args[0], f"{at}/0")
+        t = self.temp()
+        strings = frozenset(x for x in haystack if isinstance(x, str))
+        # A string needle can only equal the strings of the list.
+        return (
+            f"(({t} in {self.name(strings)}) if type({t} := {value}) is str "
+            f"else ({t} in {self.name(haystack)}))"
+        ), _BOOL
+
+    def order(self, op: str, args: list[Any], at: str) -> tuple[str, str] | None:
+        if len(args) != 2 or _is_literal(args[0]):
+            return None
+        bound = args[1]
+        if not isinstance(bound, (int, float)) or isinstance(bound, bool):
+            return None
+        value, _ = self.expr(args[0], f"{at}/0")
+        t = self.temp()
+        lit = self.literal(bound) if type(bound) is int else self.name(bound)
+        slow = f"{self.name(_ORDER_FALLBACK[op])}({t}, {lit})"
+        return (
+            f"(({t} {op} {lit}) if (type({t} := {value}) is int or type({t}) is float) else {slow})"
+        ), _BOOL
+
+    def and_or(self, op: str, args: list[Any], at: str) -> tuple[str, str] | None:
+        if not args:
+            return None
+        parts = [self.expr(a, f"{at}/{i}") for i, a in enumerate(args)]
+        if any(kind != _BOOL for _, kind in parts):
+            return None  # JsonLogic truthiness differs from Python's for {} and NaN
+        return "(" + f" {op} ".join(src for src, _ in parts) + ")", _BOOL
+
+    def not_(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        if len(args) != 1:
+            return None
+        return f"(not {self.cond(args[0], f'{at}/0')})", _BOOL
+
+    def string_op(self, method: str, args: list[Any], at: str) -> tuple[str, str] | None:
+        if len(args) != 2 or not isinstance(args[1], str) or _is_literal(args[0]):
+            return None
+        value, _ = self.expr(args[0], f"{at}/0")
+        t = self.temp()
+        return f"({t}.{method}({args[1]!r}) if type({t} := {value}) is str else None)", _BOOL
+
+    def sem_ver(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        if len(args) != 3 or _is_literal(args[0]) or not _is_literal(args[1]):
+            return None
+        if not _is_literal(args[2]):
+            return None
+        compare = cops.semver_operator(args[1])
+        right = cops.parse_semver(args[2])
+        if compare is None or right is None:
+            return None
+        value, _ = self.expr(args[0], f"{at}/0")
+        t = self.temp()
+        return (
+            f"(None if ({t} := _parse_semver({value})) is None "
+            f"else {self.name(compare)}({t}, {self.name(right)}))"
+        ), _BOOL
+
+    def fractional(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        if not args or not isinstance(args[0], list) or not _is_literal(args):
+            return None  # only the shorthand over literal buckets is inlined
+        bucketer = cops.Bucketer.parse(args)
+        if bucketer is None or not 0 < bucketer.total <= cops.MAX_WEIGHT_SUM:
+            return None
+        variants = self.name(bucketer.variants)
+        ends = self.name(bucketer.ends)
+        t = self.temp()
+        if self.algorithm == "v2":
+            hashed = f"_hash({self.flag_key!r} + {t}, 0, False)"
+        else:
+            prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
+            hashed = f"_hash({prefix!r} + _cbor({t}), 0, False)"
+        return (
+            f"({variants}[_bisect({ends}, ({hashed} * {bucketer.total}) >> 32)] "
+            f"if ({t} := d.get('targetingKey')) and type({t}) is str else None)"
+        ), _ANY
+
+
+_Handler = Callable[[_Generator, list[Any], str], "tuple[str, str] | None"]
+_HANDLERS: dict[str, _Handler] = {
+    "var": _Generator.var,
+    "if": _Generator.if_,
+    "?:": _Generator.if_,
+    "==": _Generator.eq,
+    "!=": _Generator.ne,
+    "in": _Generator.in_,
+    "and": lambda g, a, at: g.and_or("and", a, at),
+    "or": lambda g, a, at: g.and_or("or", a, at),
+    "!": _Generator.not_,
+    "<": lambda g, a, at: g.order("<", a, at),
+    ">": lambda g, a, at: g.order(">", a, at),
+    "<=": lambda g, a, at: g.order("<=", a, at),
+    ">=": lambda g, a, at: g.order(">=", a, at),
+    "starts_with": lambda g, a, at: g.string_op("startswith", a, at),
+    "ends_with": lambda g, a, at: g.string_op("endswith", a, at),
+    "sem_ver": _Generator.sem_ver,
+    "fractional": _Generator.fractional,
+}
+
+
+def _is_literal(logic: Any) -> bool:
+    if isinstance(logic, list):
+        return all(_is_literal(item) for item in logic)
+    return not (isinstance(logic, dict) and len(logic) == 1)
+
+
+def _returns_bool(logic: Any) -> bool:
+    if isinstance(logic, dict) and len(logic) == 1:
+        op = next(iter(logic))
+        return op in BOOLEAN_OPS or op in ("sem_ver", "starts_with", "ends_with")
+    return isinstance(logic, bool)
+
+
+def generate_rule(
+    logic: Any,
+    *,
+    flag_key: str,
+    fractional: str,
+    evaluators: Mapping[str, Any],
+    fallback: Callable[[Any, bool, str], Callable[[Any], Any]],
+) -> Callable[[Any], Any] | None:
+    """One Python function for a rule, or ``None`` if Python cannot compile it.
+
+    Args:
+        logic: The rule.
+        flag_key: The flag (for ``fractional``).
+        fractional: ``"v2"`` or ``"v3"``.
+        evaluators: ``$evaluators`` for ``$ref``.
+        fallback: Compiles a node the generator does not inline into a closure
+            (``fallback(logic, top, json_pointer)``).
+    """
+    generator = _Generator(flag_key, fractional, evaluators, fallback)
+    src, _ = generator.expr(logic, "targeting")
+    if re.fullmatch(r"_c\d+\(d\)", src):
+        return generator.namespace[src[:-3]]  # type: ignore[no-any-return]
+    code = f"def rule(d):\n    return {src}\n"
+    try:
+        compiled = compile(code, f"<flagwire rule {flag_key}>", "exec")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return None  # too deep for Python's parser: the caller compiles closures
+    namespace = dict(generator.namespace)
+    exec(compiled, namespace)
+    rule: Callable[[Any], Any] = namespace["rule"]
+    return rule
