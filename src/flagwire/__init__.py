@@ -6,11 +6,13 @@ The core (this package's top level) imports no web framework. Integrations live 
 
 from __future__ import annotations
 
+from . import context
 from ._assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
 from ._definitions import FlagDefinition
 from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
 from ._flagset import FlagSet
-from ._sources import FileSource, Source, SourceStatus
+from ._request import RequestFlags, activate, current_flags, set_default_source
+from ._sources import FileSource, Source, SourceStatus, StaticSource
 
 __version__ = "0.1.0"
 
@@ -26,8 +28,14 @@ __all__ = [
     "FlagsetError",
     "FlagwireError",
     "Reason",
+    "RequestFlags",
     "Source",
     "SourceError",
     "SourceStatus",
+    "StaticSource",
     "__version__",
+    "activate",
+    "context",
+    "current_flags",
+    "set_default_source",
 ]

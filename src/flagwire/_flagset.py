@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -22,7 +23,7 @@ from ._errors import ConfigError, FlagsetError
 from ._jsonlogic import Compiled, RuleError, TraceStep, compile_rule
 from ._types import Context, MetadataValue
 
-__all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
+__all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet", "fit"]
 
 FRACTIONAL_METADATA_KEY: Final = "flagwire.fractional"
 """Flag-set metadata key that selects the fractional algorithm (``"v2"`` or ``"v3"``)."""
@@ -471,3 +472,39 @@ class FlagSet:
             except Exception as exc:
                 steps.append(("targeting", f"rule failed: {exc}"))
         return assignment, steps
+
+
+def fit(decision: Assignment, default: Any, flag_type: FlagType | None = None) -> Assignment:
+    """What :meth:`FlagSet.evaluate` would give with this default, from a decision.
+
+    ``decision`` is an assignment evaluated with ``default=None`` and no type; the
+    result substitutes the caller's default where no variant applied and checks the type,
+    so one memoised decision serves callers with different defaults.
+    """
+    if decision.variant is None:  # disabled, no default variant, or an error
+        if decision.value is default:
+            return decision
+        return replace(decision, value=default)
+    expect = (
+        _EXPECT.get(type(default), _NONE_TYPE)
+        if flag_type is None
+        else _EXPECT_OF_FLAG_TYPE[flag_type]
+    )
+    value = decision.value
+    if expect is _NONE_TYPE:
+        return decision
+    if expect not in _SATISFIES.get(type(value), _ONLY_NONE):
+        return Assignment(
+            decision.key,
+            default,
+            None,
+            Reason.ERROR,
+            ErrorCode.TYPE_MISMATCH,
+            f'expected {_TYPE_NAMES.get(expect, "?")}, but variant "{decision.variant}" '
+            f"is {type(value).__name__}",
+            decision.flag_metadata,
+            decision.flagset_version,
+        )
+    if expect is float and type(value) is int:
+        return replace(decision, value=float(value))
+    return decision

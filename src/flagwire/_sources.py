@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ._errors import FlagsetError, SourceError
+from ._errors import ConfigError, FlagsetError, SourceError
 from ._flagset import FlagSet
 
-__all__ = ["FileSource", "Listener", "Source", "SourceStatus"]
+__all__ = ["FileSource", "Listener", "Source", "SourceStatus", "StaticSource", "as_source"]
 
 logger = logging.getLogger("flagwire")
 
@@ -245,3 +245,43 @@ class FileSource(_SourceBase):
 
     def __repr__(self) -> str:
         return f"<FileSource {self.path} {self._status.version} ok={self._status.ok}>"
+
+
+class StaticSource:
+    """A source that always holds the same flag set (embedding, tests).
+
+    Args:
+        flagset: The flag set.
+    """
+
+    def __init__(self, flagset: FlagSet) -> None:
+        self._flagset = flagset
+        self._status = SourceStatus(
+            ok=True, version=flagset.version_label, last_good_load=_now(), loads=1
+        )
+
+    @property
+    def flagset(self) -> FlagSet:
+        return self._flagset
+
+    @property
+    def status(self) -> SourceStatus:
+        return self._status
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return lambda: None
+
+    def __repr__(self) -> str:
+        return f"<StaticSource {self._flagset.version_label}>"
+
+
+def as_source(source: Source | FlagSet) -> Source:
+    """A :class:`Source` for a source or a bare flag set."""
+    if isinstance(source, FlagSet):
+        return StaticSource(source)
+    if not hasattr(source, "flagset"):
+        raise ConfigError(
+            f"source must be a flagwire Source (FileSource, ...) or a FlagSet, not "
+            f"{type(source).__name__}"
+        )
+    return source

@@ -1,0 +1,182 @@
+"""The per-request view of flags: :class:`RequestFlags` and :func:`current_flags`.
+
+A request pins one flag set when it starts. Each flag is evaluated the first time the
+request asks for it, against that flag set and the request's context, and the decision
+is memoised: asking again (with any default) never changes it. The user context is
+built lazily, the first time a flag needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from types import MappingProxyType
+from typing import Any
+
+from ._assignment import Assignment, FlagType
+from ._flagset import FlagSet, fit
+from ._sources import Source
+from ._types import Context
+
+__all__ = [
+    "RequestFlags",
+    "activate",
+    "current_flags",
+    "default_source",
+    "set_default_source",
+]
+
+logger = logging.getLogger("flagwire")
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_BUILD_LOCK = threading.Lock()
+
+
+class RequestFlags:
+    """The flags of one request (or one unit of work).
+
+    Get it with :func:`flagwire.current_flags`. Every getter takes the flag key and the
+    value to use when no variant applies; the first call decides the flag for the rest of
+    the request.
+
+    Attributes:
+        flagset: The flag set pinned for this request.
+    """
+
+    __slots__ = ("_context", "_memo", "flagset")
+
+    def __init__(self, flagset: FlagSet, context: Context | None = None) -> None:
+        self.flagset = flagset
+        self._context: dict[str, Any] | None = {} if context is None else dict(context)
+        self._memo: dict[str, Assignment] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.flagset
+
+    @property
+    def context(self) -> Mapping[str, Any]:
+        """The evaluation context (built on first use; read-only)."""
+        return MappingProxyType(self._ensure_context())
+
+    def _build_context(self) -> dict[str, Any]:
+        """Build the context the first time a flag needs it (integrations override)."""
+        return {}
+
+    def _ensure_context(self) -> dict[str, Any]:
+        context = self._context
+        if context is not None:
+            return context
+        with _BUILD_LOCK:  # once per request, even if two of its threads race here
+            if self._context is None:
+                try:
+                    self._context = self._build_context()
+                except Exception:  # a broken extractor never fails the request
+                    logger.exception("flagwire: building the request's context failed")
+                    self._context = {}
+            return self._context
+
+    def _decide(self, key: str) -> Assignment:
+        decision = self._memo.get(key)
+        if decision is None:
+            decision = self.flagset.evaluate(key, self._ensure_context(), None)
+            # setdefault: if two threads of one request race, both keep the first decision.
+            decision = self._memo.setdefault(key, decision)
+        return decision
+
+    def details(
+        self, key: str, default: Any = None, flag_type: FlagType | None = None
+    ) -> Assignment:
+        """The full :class:`Assignment` (value, variant, reason, error) for this request."""
+        return fit(self._decide(key), default, flag_type)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The flag's value, or ``default`` when no variant applies or the type differs."""
+        return fit(self._decide(key), default).value
+
+    def boolean(self, key: str, default: bool = False) -> bool:
+        """The flag's value if it is a boolean, else ``default``."""
+        value = fit(self._decide(key), default, FlagType.BOOLEAN).value
+        return value if type(value) is bool else default
+
+    def string(self, key: str, default: str = "") -> str:
+        """The flag's value if it is a string, else ``default``."""
+        value = fit(self._decide(key), default, FlagType.STRING).value
+        return value if type(value) is str else default
+
+    def number(self, key: str, default: float = 0.0) -> float:
+        """The flag's value if it is a number (as a float), else ``default``."""
+        value = fit(self._decide(key), default, FlagType.FLOAT).value
+        return float(value) if type(value) in (int, float) else default
+
+    def integer(self, key: str, default: int = 0) -> int:
+        """The flag's value if it is an integer, else ``default``."""
+        value = fit(self._decide(key), default, FlagType.INTEGER).value
+        return value if type(value) is int else default
+
+    def object(self, key: str, default: Any = None) -> Any:
+        """The flag's value if it is a JSON object or array, else ``default``."""
+        return fit(self._decide(key), default, FlagType.OBJECT).value
+
+    def evaluated(self) -> Mapping[str, Assignment]:
+        """The decisions this request made so far, by flag key (in the order made)."""
+        return MappingProxyType(dict(self._memo))
+
+    def __repr__(self) -> str:
+        return f"<RequestFlags {self.flagset.version_label} evaluated={list(self._memo)}>"
+
+
+_current: ContextVar[RequestFlags | None] = ContextVar("flagwire.current_flags", default=None)
+_default_source: Source | None = None
+
+
+def set_default_source(source: Source | None) -> None:
+    """The source :func:`current_flags` uses outside a request.
+
+    The middleware and the Flask extension set it to their source when none is set.
+    """
+    global _default_source
+    _default_source = source
+
+
+def default_source() -> Source | None:
+    """The source :func:`current_flags` uses outside a request, if any."""
+    return _default_source
+
+
+def current_flags(context: Context | None = None) -> RequestFlags:
+    """The flags of the current request.
+
+    Inside a request handled by flagwire's middleware (and in code it calls, tasks it
+    starts and threads that copy its context), this is the request's
+    :class:`RequestFlags`: one pinned flag set, one context, memoised decisions.
+
+    Outside a request it returns a *fresh* :class:`RequestFlags` over the default source's
+    current flag set (see :func:`set_default_source`) with ``context`` (or an empty
+    context): nothing is memoised across calls there, and with no source at all every
+    flag gives its default with ``FLAG_NOT_FOUND``.
+
+    Args:
+        context: Used only outside a request.
+    """
+    flags = _current.get()
+    if flags is not None:
+        return flags
+    source = _default_source
+    flagset = source.flagset if source is not None else _EMPTY_FLAGSET
+    return RequestFlags(flagset, context or _EMPTY)
+
+
+@contextmanager
+def activate(flags: RequestFlags) -> Iterator[RequestFlags]:
+    """Make ``flags`` the current flags for the duration of a ``with`` block."""
+    token: Token[RequestFlags | None] = _current.set(flags)
+    try:
+        yield flags
+    finally:
+        _current.reset(token)
+
+
+_EMPTY_FLAGSET = FlagSet.empty(source="<no flag source configured>")

@@ -1,0 +1,115 @@
+"""Pure ASGI middleware for Starlette, FastAPI and any ASGI app.
+
+::
+
+    from flagwire import FileSource, context
+    from flagwire.asgi import FlagwireMiddleware
+
+    app.add_middleware(
+        FlagwireMiddleware,
+        source=FileSource("flags.yaml"),
+        context=context.headers({"x-user-id": "targetingKey"}),
+    )
+
+Each HTTP request gets its own :class:`~flagwire.RequestFlags` — one pinned flag set,
+a context built lazily from a Starlette ``Request`` — reachable with
+:func:`flagwire.current_flags` anywhere in the request's code and at
+``scope["flagwire.flags"]``. Lifespan and websocket scopes pass straight through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ._flagset import FlagSet
+from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
+from ._request import _current
+from ._sources import Source
+
+try:
+    from starlette.requests import Request
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("flagwire.asgi needs Starlette: pip install 'flagwire[fastapi]'") from exc
+
+__all__ = ["SCOPE_KEY", "FlagwireMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SCOPE_KEY = "flagwire.flags"
+"""Where the request's :class:`~flagwire.RequestFlags` is in the ASGI scope."""
+
+
+class FlagwireMiddleware:
+    """Request-scoped flags for an ASGI app.
+
+    Args:
+        app: The ASGI app.
+        source: A :class:`~flagwire.Source` (e.g. :class:`~flagwire.FileSource`) or a
+            :class:`~flagwire.FlagSet`. Build it before the app starts: this middleware
+            loads nothing itself (Starlette creates it lazily, at the first request).
+        context: An extractor (``Request -> mapping``) or a sequence of them; default:
+            the authenticated user (:func:`flagwire.context.user`).
+        anonymous_cookie: Cookie name for anonymous visitors' stable ``targetingKey``,
+            or ``None`` for no cookie.
+        cookie_max_age: The anonymous cookie's lifetime in seconds.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        source: Source | FlagSet,
+        context: ContextSpec = None,
+        anonymous_cookie: str | None = DEFAULT_COOKIE,
+        cookie_max_age: int = ONE_YEAR,
+    ) -> None:
+        self.app = app
+        self.binding = Binding(
+            source, context, anonymous_cookie=anonymous_cookie, cookie_max_age=cookie_max_age
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        flags = BoundRequestFlags(self.binding, scope, Request)
+        scope[SCOPE_KEY] = flags
+        token = _current.set(flags)
+        try:
+            if self.binding.cookie_name is None:
+                await self.app(scope, receive, send)
+            else:
+                await self.app(scope, receive, _CookieSender(send, flags, self.binding, scope))
+        finally:
+            _current.reset(token)
+
+
+class _CookieSender:
+    """Adds the anonymous-id cookie to the response if this request made a new id."""
+
+    __slots__ = ("binding", "flags", "scope", "send")
+
+    def __init__(
+        self, send: Send, flags: BoundRequestFlags, binding: Binding, scope: Scope
+    ) -> None:
+        self.send = send
+        self.flags = flags
+        self.binding = binding
+        self.scope = scope
+
+    async def __call__(self, message: Message) -> None:
+        new_id = self.flags.new_anonymous_id
+        if new_id is not None and message["type"] == "http.response.start":
+            self.flags.new_anonymous_id = None
+            cookie = self.binding.set_cookie_value(
+                new_id, secure=self.scope.get("scheme") == "https"
+            )
+            headers = list(message.get("headers", ()))
+            headers.append((b"set-cookie", cookie.encode("latin-1")))
+            message["headers"] = headers
+        await self.send(message)

@@ -1,0 +1,301 @@
+"""Extractors: build the evaluation context from the request an app already has.
+
+An extractor is a callable that takes the framework's request — a Starlette/FastAPI
+``Request``, a Flask/Werkzeug ``Request``, or a raw WSGI environ — and returns a mapping
+of context attributes (or ``None``). Combine them with :func:`compose`::
+
+    from flagwire import context
+
+    extract = context.compose(
+        context.user({"plan": "plan", "tenant": "org_id"}),   # targetingKey = user.id
+        context.headers({"x-tenant": "tenant", "x-client-version": "appVersion"}),
+        context.client(),                                     # ip, userAgent
+    )
+
+Later extractors win on conflicts; one that raises is logged and skipped, and the request
+goes on with the context the others built. A plain callable ``request -> mapping`` is
+always accepted wherever an extractor is.
+
+This module imports no web framework: it reads requests by duck typing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+__all__ = [
+    "Extractor",
+    "client",
+    "compose",
+    "cookies",
+    "headers",
+    "query",
+    "static",
+    "user",
+]
+
+logger = logging.getLogger("flagwire")
+
+Extractor = Callable[[Any], "Mapping[str, Any] | None"]
+"""``request -> context attributes`` (``None`` for nothing)."""
+
+
+# -- reading requests of any kind ---------------------------------------------------------
+
+
+def _environ(request: Any) -> dict[str, Any] | None:
+    if isinstance(request, dict):
+        return request  # a raw WSGI environ
+    return None
+
+
+def header(request: Any, name: str) -> str | None:
+    """A request header (case-insensitive), or ``None``."""
+    environ = _environ(request)
+    if environ is not None:
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            return environ.get(key)
+        return environ.get("HTTP_" + key)
+    found = getattr(request, "headers", None)
+    return None if found is None else found.get(name)
+
+
+def _parse_cookie_header(raw: str | None) -> dict[str, str]:
+    jar: dict[str, str] = {}
+    if not raw:
+        return jar
+    for chunk in raw.split(";"):
+        name, sep, value = chunk.partition("=")
+        name = name.strip()
+        if sep and name and name not in jar:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            jar[name] = value
+    return jar
+
+
+def request_cookies(request: Any) -> Mapping[str, str]:
+    """The request's cookies (malformed pairs are skipped)."""
+    environ = _environ(request)
+    if environ is not None:
+        return _parse_cookie_header(environ.get("HTTP_COOKIE"))
+    jar = getattr(request, "cookies", None)
+    return jar if jar is not None else {}
+
+
+def _query(request: Any) -> Mapping[str, Any]:
+    environ = _environ(request)
+    if environ is not None:
+        parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        return {k: v[0] for k, v in parsed.items()}
+    params = getattr(request, "query_params", None)  # Starlette
+    if params is None:
+        params = getattr(request, "args", None)  # Werkzeug
+    return params if params is not None else {}
+
+
+def client_address(request: Any) -> str | None:
+    """The client's address as the server saw it (behind a proxy, see ProxyHeaders)."""
+    environ = _environ(request)
+    if environ is not None:
+        return environ.get("REMOTE_ADDR")
+    peer = getattr(request, "client", None)  # Starlette: Address(host, port) or None
+    if peer is not None:
+        return getattr(peer, "host", None)
+    return getattr(request, "remote_addr", None)  # Werkzeug
+
+
+def _authenticated(candidate: Any) -> bool:
+    if candidate is None:
+        return False
+    flag = getattr(candidate, "is_authenticated", True)
+    return bool(flag() if callable(flag) else flag)
+
+
+def find_user(request: Any) -> Any:
+    """The authenticated user object the app already attached to the request, if any.
+
+    Looks at, in order: Starlette's ``scope["user"]`` (AuthenticationMiddleware),
+    ``request.state.user``; Flask-Login's ``current_user``, Flask's ``g.user``; the WSGI
+    environ's ``flagwire.user``.
+    """
+    environ = _environ(request)
+    if environ is not None:
+        return environ.get("flagwire.user")
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict):  # Starlette / FastAPI
+        candidate = scope.get("user")
+        if _authenticated(candidate):
+            return candidate
+        state = scope.get("state")
+        candidate = state.get("user") if isinstance(state, dict) else None
+        return candidate if _authenticated(candidate) else None
+    if hasattr(request, "environ"):  # Flask / Werkzeug
+        return _flask_user()
+    return None
+
+
+def _flask_user() -> Any:
+    try:
+        from flask_login import current_user
+
+        candidate = current_user._get_current_object()
+        if _authenticated(candidate):
+            return candidate
+    except Exception:  # flask-login absent, or no login manager on this app
+        pass
+    try:
+        from flask import g, has_app_context
+
+        if has_app_context():
+            candidate = g.get("user")
+            return candidate if _authenticated(candidate) else None
+    except ImportError:
+        pass
+    return None
+
+
+def _attribute(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+# -- extractors ------------------------------------------------------------------------------
+
+
+def headers(mapping: Mapping[str, str]) -> Extractor:
+    """Context attributes from request headers: ``{"x-user-id": "targetingKey", ...}``.
+
+    Only trust headers your edge sets: a client can send any header it likes.
+    """
+    pairs = tuple(mapping.items())
+
+    def extract(request: Any) -> Mapping[str, Any]:
+        found = {}
+        for name, attribute in pairs:
+            value = header(request, name)
+            if value is not None:
+                found[attribute] = value
+        return found
+
+    return extract
+
+
+def cookies(mapping: Mapping[str, str]) -> Extractor:
+    """Context attributes from cookies: ``{"session_plan": "plan"}``."""
+    pairs = tuple(mapping.items())
+
+    def extract(request: Any) -> Mapping[str, Any]:
+        jar = request_cookies(request)
+        return {attribute: jar[name] for name, attribute in pairs if name in jar}
+
+    return extract
+
+
+def query(mapping: Mapping[str, str]) -> Extractor:
+    """Context attributes from query parameters: ``{"lang": "language"}``."""
+    pairs = tuple(mapping.items())
+
+    def extract(request: Any) -> Mapping[str, Any]:
+        params = _query(request)
+        return {attribute: params[name] for name, attribute in pairs if name in params}
+
+    return extract
+
+
+def user(
+    attributes: Mapping[str, str] | None = None,
+    *,
+    key: str = "id",
+    find: Callable[[Any], Any] = find_user,
+) -> Extractor:
+    """Context from the authenticated user the app already has (see :func:`find_user`).
+
+    Args:
+        attributes: Context attribute -> user attribute (or dict key), e.g.
+            ``{"plan": "plan", "email": "email"}``.
+        key: The user attribute that becomes ``targetingKey`` (as a string).
+        find: How to find the user object for a request.
+    """
+    pairs = tuple((attributes or {}).items())
+
+    def extract(request: Any) -> Mapping[str, Any] | None:
+        found = find(request)
+        if found is None:
+            return None
+        context: dict[str, Any] = {}
+        identity = _attribute(found, key)
+        if identity is not None and identity != "":
+            context["targetingKey"] = str(identity)
+        for attribute, name in pairs:
+            value = _attribute(found, name)
+            if value is not None:
+                context[attribute] = value
+        return context
+
+    return extract
+
+
+def client(ip: str | None = "ip", user_agent: str | None = "userAgent") -> Extractor:
+    """The client's address and user agent, under the given attribute names."""
+
+    def extract(request: Any) -> Mapping[str, Any]:
+        context: dict[str, Any] = {}
+        if ip is not None:
+            address = client_address(request)
+            if address:
+                context[ip] = address
+        if user_agent is not None:
+            agent = header(request, "user-agent")
+            if agent:
+                context[user_agent] = agent
+        return context
+
+    return extract
+
+
+def static(values: Mapping[str, Any]) -> Extractor:
+    """The same attributes for every request (service name, region, ...)."""
+    frozen = dict(values)
+    return lambda request: frozen
+
+
+def _name(extractor: Any) -> str:
+    return getattr(extractor, "__qualname__", None) or repr(extractor)
+
+
+def compose(*extractors: Extractor) -> Extractor:
+    """One extractor from several: results merged in order, later ones win.
+
+    An extractor that raises or returns something other than a mapping is logged and
+    skipped; the others still contribute.
+    """
+    chain = tuple(extractors)
+
+    def extract(request: Any) -> Mapping[str, Any]:
+        context: dict[str, Any] = {}
+        for extractor in chain:
+            try:
+                found = extractor(request)
+            except Exception:  # one broken extractor must not stop the rest
+                logger.exception("flagwire: context extractor %s failed", _name(extractor))
+                continue
+            if found is None:
+                continue
+            if not isinstance(found, Mapping):
+                logger.error(
+                    "flagwire: context extractor %s returned %s, not a mapping",
+                    _name(extractor),
+                    type(found).__name__,
+                )
+                continue
+            context.update(found)
+        return context
+
+    return extract

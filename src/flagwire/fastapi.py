@@ -1,0 +1,39 @@
+"""FastAPI helpers: the middleware and a dependency for the request's flags.
+
+::
+
+    from fastapi import FastAPI
+    from flagwire.fastapi import Flags, FlagwireMiddleware
+
+    app = FastAPI()
+    app.add_middleware(FlagwireMiddleware, source=FileSource("flags.yaml"))
+
+    @app.get("/checkout")
+    def checkout(flags: Flags) -> dict[str, bool]:
+        return {"new": flags.boolean("new-checkout", False)}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from ._request import RequestFlags, current_flags
+from .asgi import SCOPE_KEY, FlagwireMiddleware
+
+try:
+    from fastapi import Depends, Request
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("flagwire.fastapi needs FastAPI: pip install 'flagwire[fastapi]'") from exc
+
+__all__ = ["Flags", "FlagwireMiddleware", "get_flags"]
+
+
+def get_flags(request: Request) -> RequestFlags:
+    """The request's flags (a FastAPI dependency); outside the middleware, see
+    :func:`flagwire.current_flags`."""
+    flags = request.scope.get(SCOPE_KEY)
+    return flags if isinstance(flags, RequestFlags) else current_flags()
+
+
+Flags = Annotated[RequestFlags, Depends(get_flags)]
+"""Annotate a path-operation parameter with this to receive the request's flags."""
