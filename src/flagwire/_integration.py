@@ -14,7 +14,7 @@ from typing import Any
 from ._flagset import FlagSet
 from ._request import RequestFlags, default_source, set_default_source
 from ._sources import Source, as_source
-from .context import Extractor, compose, request_cookies, user
+from .context import Extractor, compose, reads_raw, request_cookies, user
 
 __all__ = ["Binding", "BoundRequestFlags", "ContextSpec"]
 
@@ -40,7 +40,7 @@ class Binding:
             if nothing else is.
     """
 
-    __slots__ = ("cookie_attributes", "cookie_name", "extract", "source")
+    __slots__ = ("adapt", "cookie_attributes", "cookie_name", "extract", "reads_raw", "source")
 
     def __init__(
         self,
@@ -57,6 +57,9 @@ class Binding:
         self.extract: Extractor = compose(
             *(context if isinstance(context, Sequence) else (context,))
         )
+        self.reads_raw = reads_raw(self.extract)
+        self.adapt: Callable[[Any], Any] | None = None
+        """Turns the integration's raw request into what extractors receive (set by it)."""
         self.cookie_name = anonymous_cookie
         self.cookie_attributes = f"Path=/; Max-Age={int(cookie_max_age)}; SameSite=Lax; HttpOnly"
         if make_default and default_source() is None:
@@ -64,7 +67,8 @@ class Binding:
 
     def build_context(self, request: Any, flags: BoundRequestFlags) -> dict[str, Any]:
         """Run the extractors; give an anonymous visitor a stable ``targetingKey``."""
-        context = dict(self.extract(request) or {})
+        found = self.extract(request)
+        context = found if type(found) is dict else dict(found or {})
         if context.get("targetingKey") or self.cookie_name is None:
             return context
         kept = request_cookies(request).get(self.cookie_name)
@@ -85,20 +89,17 @@ class Binding:
 class BoundRequestFlags(RequestFlags):
     """Request flags whose context is built, on first use, from the framework's request."""
 
-    __slots__ = ("_adapt", "_binding", "_raw", "new_anonymous_id")
+    __slots__ = ("_binding", "_raw", "new_anonymous_id")
 
-    def __init__(
-        self, binding: Binding, raw: Any, adapt: Callable[[Any], Any] | None = None
-    ) -> None:
+    def __init__(self, binding: Binding, raw: Any) -> None:
         self.flagset = binding.source.flagset  # pinned for the whole request
         self._context = None
         self._memo = {}
         self._binding = binding
         self._raw = raw
-        self._adapt = adapt
         self.new_anonymous_id: str | None = None
 
     def _build_context(self) -> dict[str, Any]:
-        adapt = self._adapt
-        request = self._raw if adapt is None else adapt(self._raw)
-        return self._binding.build_context(request, self)
+        binding = self._binding
+        adapt = binding.adapt
+        return binding.build_context(self._raw if adapt is None else adapt(self._raw), self)

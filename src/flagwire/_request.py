@@ -89,36 +89,45 @@ class RequestFlags:
     def details(
         self, key: str, default: Any = None, flag_type: FlagType | None = None
     ) -> Assignment:
-        """The full :class:`Assignment` (value, variant, reason, error) for this request."""
-        return fit(self._decide(key), default, flag_type)
+        """The full :class:`Assignment` (value, variant, reason, error) for this request.
+
+        ``value`` is ``default`` where no variant applies (disabled flag, no default
+        variant, an error) and where the flag's type is not ``flag_type`` (or, without
+        ``flag_type``, the type of ``default``); ``reason`` and ``error_code`` say which.
+        """
+        return fit(self._memo.get(key) or self._decide(key), default, flag_type)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The flag's value, or ``default`` when no variant applies or the type differs."""
-        return fit(self._decide(key), default).value
+        return fit(self._memo.get(key) or self._decide(key), default).value
+
+    # The typed getters: a decision without a variant has value None, so one type test
+    # covers "no variant" and "another type" alike.
 
     def boolean(self, key: str, default: bool = False) -> bool:
         """The flag's value if it is a boolean, else ``default``."""
-        value = fit(self._decide(key), default, FlagType.BOOLEAN).value
+        value = (self._memo.get(key) or self._decide(key)).value
         return value if type(value) is bool else default
 
     def string(self, key: str, default: str = "") -> str:
         """The flag's value if it is a string, else ``default``."""
-        value = fit(self._decide(key), default, FlagType.STRING).value
+        value = (self._memo.get(key) or self._decide(key)).value
         return value if type(value) is str else default
 
     def number(self, key: str, default: float = 0.0) -> float:
         """The flag's value if it is a number (as a float), else ``default``."""
-        value = fit(self._decide(key), default, FlagType.FLOAT).value
-        return float(value) if type(value) in (int, float) else default
+        value = (self._memo.get(key) or self._decide(key)).value
+        return float(value) if type(value) is int or type(value) is float else default
 
     def integer(self, key: str, default: int = 0) -> int:
         """The flag's value if it is an integer, else ``default``."""
-        value = fit(self._decide(key), default, FlagType.INTEGER).value
+        value = (self._memo.get(key) or self._decide(key)).value
         return value if type(value) is int else default
 
     def object(self, key: str, default: Any = None) -> Any:
         """The flag's value if it is a JSON object or array, else ``default``."""
-        return fit(self._decide(key), default, FlagType.OBJECT).value
+        value = (self._memo.get(key) or self._decide(key)).value
+        return value if type(value) is dict or type(value) is list else default
 
     def evaluated(self) -> Mapping[str, Assignment]:
         """The decisions this request made so far, by flag key (in the order made)."""

@@ -69,47 +69,43 @@ class FlagwireMiddleware:
         cookie_max_age: int = ONE_YEAR,
     ) -> None:
         self.app = app
-        self.binding = Binding(
+        self.binding = binding = Binding(
             source, context, anonymous_cookie=anonymous_cookie, cookie_max_age=cookie_max_age
         )
+        if not binding.reads_raw:  # user extractors get a Starlette Request
+            binding.adapt = Request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        flags = BoundRequestFlags(self.binding, scope, Request)
+        binding = self.binding
+        flags = BoundRequestFlags(binding, scope)
         scope[SCOPE_KEY] = flags
         token = _current.set(flags)
         try:
-            if self.binding.cookie_name is None:
+            if binding.cookie_name is None:
                 await self.app(scope, receive, send)
-            else:
-                await self.app(scope, receive, _CookieSender(send, flags, self.binding, scope))
+                return
+
+            def send_with_cookie(message: Message) -> Awaitable[None]:
+                # A plain function returning send's awaitable: no extra coroutine per
+                # message. Adds the cookie if this request made a new anonymous id.
+                if flags.new_anonymous_id is not None:
+                    _add_cookie(message, flags, binding, scope)
+                return send(message)
+
+            await self.app(scope, receive, send_with_cookie)
         finally:
             _current.reset(token)
 
 
-class _CookieSender:
-    """Adds the anonymous-id cookie to the response if this request made a new id."""
-
-    __slots__ = ("binding", "flags", "scope", "send")
-
-    def __init__(
-        self, send: Send, flags: BoundRequestFlags, binding: Binding, scope: Scope
-    ) -> None:
-        self.send = send
-        self.flags = flags
-        self.binding = binding
-        self.scope = scope
-
-    async def __call__(self, message: Message) -> None:
-        new_id = self.flags.new_anonymous_id
-        if new_id is not None and message["type"] == "http.response.start":
-            self.flags.new_anonymous_id = None
-            cookie = self.binding.set_cookie_value(
-                new_id, secure=self.scope.get("scheme") == "https"
-            )
-            headers = list(message.get("headers", ()))
-            headers.append((b"set-cookie", cookie.encode("latin-1")))
-            message["headers"] = headers
-        await self.send(message)
+def _add_cookie(message: Message, flags: BoundRequestFlags, binding: Binding, scope: Scope) -> None:
+    new_id = flags.new_anonymous_id
+    if new_id is None or message["type"] != "http.response.start":
+        return
+    flags.new_anonymous_id = None
+    cookie = binding.set_cookie_value(new_id, secure=scope.get("scheme") == "https")
+    headers = list(message.get("headers", ()))
+    headers.append((b"set-cookie", cookie.encode("latin-1")))
+    message["headers"] = headers

@@ -44,16 +44,37 @@ Extractor = Callable[[Any], "Mapping[str, Any] | None"]
 
 
 # -- reading requests of any kind ---------------------------------------------------------
+#
+# A request is one of: an ASGI scope (dict with "type"), a WSGI environ (dict), a
+# Starlette Request (has .scope), a Werkzeug/Flask Request (has .environ). ASGI scopes are
+# read raw: the middleware hands built-in extractors the scope, so no Request is built.
+
+
+def _asgi_scope(request: Any) -> dict[str, Any] | None:
+    if type(request) is dict:
+        return request if "type" in request else None
+    scope = getattr(request, "scope", None)
+    return scope if type(scope) is dict else None
 
 
 def _environ(request: Any) -> dict[str, Any] | None:
-    if isinstance(request, dict):
-        return request  # a raw WSGI environ
+    if type(request) is dict and "type" not in request:
+        return request
+    return None
+
+
+def _scope_header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
     return None
 
 
 def header(request: Any, name: str) -> str | None:
     """A request header (case-insensitive), or ``None``."""
+    scope = _asgi_scope(request)
+    if scope is not None:
+        return _scope_header(scope, name.lower().encode("latin-1"))
     environ = _environ(request)
     if environ is not None:
         key = name.upper().replace("-", "_")
@@ -81,6 +102,9 @@ def _parse_cookie_header(raw: str | None) -> dict[str, str]:
 
 def request_cookies(request: Any) -> Mapping[str, str]:
     """The request's cookies (malformed pairs are skipped)."""
+    scope = _asgi_scope(request)
+    if scope is not None:
+        return _parse_cookie_header(_scope_header(scope, b"cookie"))
     environ = _environ(request)
     if environ is not None:
         return _parse_cookie_header(environ.get("HTTP_COOKIE"))
@@ -88,25 +112,31 @@ def request_cookies(request: Any) -> Mapping[str, str]:
     return jar if jar is not None else {}
 
 
+def _first_values(query_string: str) -> dict[str, str]:
+    parsed = parse_qs(query_string, keep_blank_values=True)
+    return {k: v[0] for k, v in parsed.items()}
+
+
 def _query(request: Any) -> Mapping[str, Any]:
+    scope = _asgi_scope(request)
+    if scope is not None:
+        return _first_values(bytes(scope.get("query_string", b"")).decode("latin-1"))
     environ = _environ(request)
     if environ is not None:
-        parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-        return {k: v[0] for k, v in parsed.items()}
-    params = getattr(request, "query_params", None)  # Starlette
-    if params is None:
-        params = getattr(request, "args", None)  # Werkzeug
+        return _first_values(environ.get("QUERY_STRING", ""))
+    params = getattr(request, "args", None)  # Werkzeug
     return params if params is not None else {}
 
 
 def client_address(request: Any) -> str | None:
     """The client's address as the server saw it (behind a proxy, see ProxyHeaders)."""
+    scope = _asgi_scope(request)
+    if scope is not None:
+        peer = scope.get("client")
+        return str(peer[0]) if peer else None
     environ = _environ(request)
     if environ is not None:
         return environ.get("REMOTE_ADDR")
-    peer = getattr(request, "client", None)  # Starlette: Address(host, port) or None
-    if peer is not None:
-        return getattr(peer, "host", None)
     return getattr(request, "remote_addr", None)  # Werkzeug
 
 
@@ -124,17 +154,17 @@ def find_user(request: Any) -> Any:
     ``request.state.user``; Flask-Login's ``current_user``, Flask's ``g.user``; the WSGI
     environ's ``flagwire.user``.
     """
-    environ = _environ(request)
-    if environ is not None:
-        return environ.get("flagwire.user")
-    scope = getattr(request, "scope", None)
-    if isinstance(scope, dict):  # Starlette / FastAPI
+    scope = _asgi_scope(request)
+    if scope is not None:  # Starlette / FastAPI
         candidate = scope.get("user")
         if _authenticated(candidate):
             return candidate
         state = scope.get("state")
         candidate = state.get("user") if isinstance(state, dict) else None
         return candidate if _authenticated(candidate) else None
+    environ = _environ(request)
+    if environ is not None:
+        return environ.get("flagwire.user")
     if hasattr(request, "environ"):  # Flask / Werkzeug
         return _flask_user()
     return None
@@ -175,16 +205,24 @@ def headers(mapping: Mapping[str, str]) -> Extractor:
     Only trust headers your edge sets: a client can send any header it likes.
     """
     pairs = tuple(mapping.items())
+    wanted = {name.lower().encode("latin-1"): attribute for name, attribute in pairs}
 
     def extract(request: Any) -> Mapping[str, Any]:
-        found = {}
+        found: dict[str, Any] = {}
+        scope = _asgi_scope(request)
+        if scope is not None:  # one pass over the raw headers
+            for key, value in scope.get("headers", ()):
+                attribute = wanted.get(key) or wanted.get(bytes(key).lower())
+                if attribute is not None and attribute not in found:
+                    found[attribute] = bytes(value).decode("latin-1")
+            return found
         for name, attribute in pairs:
             value = header(request, name)
             if value is not None:
                 found[attribute] = value
         return found
 
-    return extract
+    return _raw_ok(extract)
 
 
 def cookies(mapping: Mapping[str, str]) -> Extractor:
@@ -195,7 +233,7 @@ def cookies(mapping: Mapping[str, str]) -> Extractor:
         jar = request_cookies(request)
         return {attribute: jar[name] for name, attribute in pairs if name in jar}
 
-    return extract
+    return _raw_ok(extract)
 
 
 def query(mapping: Mapping[str, str]) -> Extractor:
@@ -206,7 +244,7 @@ def query(mapping: Mapping[str, str]) -> Extractor:
         params = _query(request)
         return {attribute: params[name] for name, attribute in pairs if name in params}
 
-    return extract
+    return _raw_ok(extract)
 
 
 def user(
@@ -239,7 +277,7 @@ def user(
                 context[attribute] = value
         return context
 
-    return extract
+    return _raw_ok(extract) if find is find_user else extract
 
 
 def client(ip: str | None = "ip", user_agent: str | None = "userAgent") -> Extractor:
@@ -257,13 +295,13 @@ def client(ip: str | None = "ip", user_agent: str | None = "userAgent") -> Extra
                 context[user_agent] = agent
         return context
 
-    return extract
+    return _raw_ok(extract)
 
 
 def static(values: Mapping[str, Any]) -> Extractor:
     """The same attributes for every request (service name, region, ...)."""
     frozen = dict(values)
-    return lambda request: frozen
+    return _raw_ok(lambda request: frozen)
 
 
 def _name(extractor: Any) -> str:
@@ -286,16 +324,27 @@ def compose(*extractors: Extractor) -> Extractor:
             except Exception:  # one broken extractor must not stop the rest
                 logger.exception("flagwire: context extractor %s failed", _name(extractor))
                 continue
-            if found is None:
-                continue
-            if not isinstance(found, Mapping):
+            if type(found) is dict or isinstance(found, Mapping):
+                context.update(found)
+            elif found is not None:
                 logger.error(
                     "flagwire: context extractor %s returned %s, not a mapping",
                     _name(extractor),
                     type(found).__name__,
                 )
-                continue
-            context.update(found)
         return context
 
+    if all(reads_raw(e) for e in chain):
+        return _raw_ok(extract)
     return extract
+
+
+def _raw_ok(extractor: Extractor) -> Extractor:
+    extractor.__flagwire_raw__ = True  # type: ignore[attr-defined]
+    return extractor
+
+
+def reads_raw(extractor: Any) -> bool:
+    """Whether an extractor reads raw ASGI scopes (flagwire's own do), so the middleware
+    can skip building a Starlette ``Request`` for it."""
+    return getattr(extractor, "__flagwire_raw__", False) is True

@@ -113,6 +113,7 @@ class Flagwire:
             anonymous_cookie=cookie,
             cookie_max_age=cookie_max_age or self._defaults["cookie_max_age"],
         )
+        binding.adapt = _adapt
         app.extensions[EXTENSION_KEY] = binding
         app.before_request(_before_request)
         app.after_request(_after_request)
@@ -143,7 +144,7 @@ def _before_request() -> None:
     from flask import current_app
 
     binding: Binding = current_app.extensions[EXTENSION_KEY]
-    request_flags = BoundRequestFlags(binding, None, _adapt)
+    request_flags = BoundRequestFlags(binding, None)
     g.flagwire = request_flags
     g._flagwire_token = _current.set(request_flags)
 

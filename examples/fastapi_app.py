@@ -1,0 +1,60 @@
+"""A minimal FastAPI service with flagwire.
+
+Run it:  ``uvicorn fastapi_app:app --app-dir examples --port 8000``
+then:    ``curl -H 'x-user-id: alice' -H 'x-plan: beta' localhost:8000/checkout``
+
+The flag file is ``examples/flags.yaml`` (or ``$FLAGWIRE_FLAGS``); edit it while the
+service runs and the next requests use the new version.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from flagwire import FileSource, context
+from flagwire.fastapi import Flags, FlagwireMiddleware
+
+FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
+
+source = FileSource(FLAGS)
+app = FastAPI(title="flagwire FastAPI example")
+app.add_middleware(
+    FlagwireMiddleware,
+    source=source,
+    context=[
+        context.headers(
+            {
+                "x-user-id": "targetingKey",
+                "x-plan": "plan",
+                "x-country": "country",
+                "x-app-version": "appVersion",
+            }
+        ),
+        context.client(),
+    ],
+)
+
+
+@app.get("/checkout")
+async def checkout(flags: Flags) -> dict[str, Any]:
+    """Which checkout and ranking this user gets, and from which flag-set version."""
+    return {
+        "service": "fastapi",
+        "user": flags.context.get("targetingKey"),
+        "new_checkout": flags.boolean("new-checkout", False),
+        "ranking": flags.string("search-ranking", "classic"),
+        "eu_banner": flags.boolean("eu-banner", False),
+        "version": flags.flagset.version_label,
+        "decided": {k: a.variant for k, a in flags.evaluated().items()},
+    }
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    """The flag source's health."""
+    status = source.status
+    return {"ok": status.ok, "flags_version": status.version, "error": status.last_error}

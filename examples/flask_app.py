@@ -1,0 +1,59 @@
+"""A minimal Flask service with flagwire.
+
+Run it:  ``gunicorn --chdir examples -b 127.0.0.1:8001 flask_app:app``
+then:    ``curl -H 'x-user-id: alice' -H 'x-plan: beta' localhost:8001/checkout``
+
+The flag file is ``examples/flags.yaml`` (or ``$FLAGWIRE_FLAGS``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from flagwire import FileSource, context
+from flagwire.flask import Flagwire, flags
+
+FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
+
+source = FileSource(FLAGS)
+app = Flask(__name__)
+Flagwire(
+    app,
+    source=source,
+    context=[
+        context.headers(
+            {
+                "x-user-id": "targetingKey",
+                "x-plan": "plan",
+                "x-country": "country",
+                "x-app-version": "appVersion",
+            }
+        ),
+        context.client(),
+    ],
+)
+
+
+@app.get("/checkout")
+def checkout() -> dict[str, Any]:
+    """Which checkout and ranking this user gets, and from which flag-set version."""
+    return {
+        "service": "flask",
+        "user": flags.context.get("targetingKey"),
+        "new_checkout": flags.boolean("new-checkout", False),
+        "ranking": flags.string("search-ranking", "classic"),
+        "eu_banner": flags.boolean("eu-banner", False),
+        "version": flags.flagset.version_label,
+        "decided": {k: a.variant for k, a in flags.evaluated().items()},
+    }
+
+
+@app.get("/healthz")
+def healthz() -> dict[str, Any]:
+    """The flag source's health."""
+    status = source.status
+    return {"ok": status.ok, "flags_version": status.version, "error": status.last_error}
