@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from . import _custom_ops as cops
@@ -211,11 +212,18 @@ class _Generator:
         right = cops.parse_semver(args[2])
         if compare is None or right is None:
             return None
+
+        def check(value: Any) -> bool | None:
+            left = cops.parse_semver(value)
+            return None if left is None else compare(left, right)
+
+        # Versions in a population repeat: remember the answer per version string.
+        cached = lru_cache(maxsize=1024)(check)
         value, _ = self.expr(args[0], f"{at}/0")
         t = self.temp()
         return (
-            f"(None if ({t} := _parse_semver({value})) is None "
-            f"else {self.name(compare)}({t}, {self.name(right)}))"
+            f"({self.name(cached)}({t}) if type({t} := {value}) is str "
+            f"else {self.name(check)}({t}))"
         ), _BOOL
 
     def fractional(self, args: list[Any], at: str) -> tuple[str, str] | None:
