@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ._errors import FlagsetError
+from ._errors import ConfigError, FlagsetError
 from ._types import JsonValue, MetadataValue
 
 __all__ = ["FlagDefinition", "FlagsetDocument", "parse_document", "read_document"]
@@ -262,6 +262,8 @@ def _looks_like_yaml(source: str | None, text: str) -> bool:
 
 def parse_text(text: str, source: str | None = None, fmt: str | None = None) -> Any:
     """Parse JSON or YAML text (by ``fmt``, the file suffix, or the first character)."""
+    if fmt is not None and fmt not in ("json", "yaml"):
+        raise ConfigError(f'format must be "json" or "yaml", not {fmt!r}')
     use_yaml = fmt == "yaml" if fmt is not None else _looks_like_yaml(source, text)
     try:
         if use_yaml:

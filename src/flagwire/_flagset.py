@@ -153,6 +153,7 @@ class _CompiledFlag:
                 f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
             )
             problems.append(f'flag "{key}": {self.rule_error}')
+            self.static_result = None  # the slow path gives PARSE_ERROR
             return
         rule, found = compile_rule(
             targeting, flag_key=key, fractional=fractional, evaluators=evaluators
@@ -455,6 +456,8 @@ class FlagSet:
         definition = flag.definition
         if not definition.enabled:
             steps.append(("state", "flag is DISABLED: the caller's default applies"))
+        elif flag.rule_error is not None:
+            steps.append(("targeting", f"{flag.rule_error}: PARSE_ERROR"))
         elif flag.rule is None:
             steps.append(("targeting", "no targeting rule: the default variant applies"))
         else:

@@ -225,7 +225,7 @@ class FileSource(_SourceBase):
             except Exception as exc:  # never let a bad file kill the watcher
                 self._reject(SourceError(f"{self.path}: {type(exc).__name__}: {exc}"))
                 return False
-            return self._flagset is not before
+            return self._flagset.digest != before.digest
 
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
