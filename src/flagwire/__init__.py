@@ -11,7 +11,13 @@ from ._assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reaso
 from ._definitions import FlagDefinition
 from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
 from ._flagset import FlagSet
-from ._request import RequestFlags, activate, current_flags, set_default_source
+from ._request import (
+    RequestFlags,
+    activate,
+    current_flags,
+    default_source,
+    set_default_source,
+)
 from ._sources import FileSource, Source, SourceStatus, StaticSource
 
 __version__ = "0.1.0"
@@ -37,5 +43,6 @@ __all__ = [
     "activate",
     "context",
     "current_flags",
+    "default_source",
     "set_default_source",
 ]

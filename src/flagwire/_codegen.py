@@ -51,7 +51,6 @@ class _Generator:
             "_parse_semver": cops.parse_semver,
         }
         self._n = 0
-        self._refs: list[str] = []
 
     def name(self, value: Any, prefix: str = "_k") -> str:
         self._n += 1
@@ -83,14 +82,6 @@ class _Generator:
             return self.literal(logic), (_BOOL if isinstance(logic, bool) else _ANY)
         op, raw = next(iter(logic.items()))
         here = f"{at}/{op}"
-        if op == "$ref" and isinstance(raw, str):
-            if raw not in self.evaluators or raw in self._refs:
-                return self.closure(logic, True, at)
-            self._refs.append(raw)
-            try:
-                return self.expr(self.evaluators[raw], f"$evaluators/{raw}")
-            finally:
-                self._refs.pop()
         args = raw if isinstance(raw, list) else [raw]
         method = _HANDLERS.get(op)
         result = method(self, args, here) if method is not None else None
@@ -236,13 +227,16 @@ class _Generator:
         ends = self.name(bucketer.ends)
         t = self.temp()
         if self.algorithm == "v2":
+            # A non-string targeting key makes the concatenation raise, as in flagd.
             hashed = f"_hash({self.flag_key!r} + {t}, 0, False)"
+            guard = f"({t} := d.get('targetingKey'))"
         else:
             prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
             hashed = f"_hash({prefix!r} + _cbor({t}), 0, False)"
+            guard = f"({t} := d.get('targetingKey')) and type({t}) is str"
         return (
             f"({variants}[_bisect({ends}, ({hashed} * {bucketer.total}) >> 32)] "
-            f"if ({t} := d.get('targetingKey')) and type({t}) is str else None)"
+            f"if {guard} else None)"
         ), _ANY
 
 

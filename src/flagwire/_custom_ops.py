@@ -18,7 +18,6 @@ import mmh3
 __all__ = [
     "FRACTIONAL_VERSIONS",
     "Bucketer",
-    "bucket_value_v2",
     "bucket_value_v3",
     "canonical_cbor",
     "ends_with",
@@ -72,13 +71,6 @@ def canonical_cbor(value: Any) -> bytes:
     import cbor2  # deferred: only v3 bucketing over non-string values needs it
 
     return bytes(cbor2.dumps(_normalize_numbers(value), canonical=True))
-
-
-def bucket_value_v2(flag_key: str, targeting_key: Any) -> str | None:
-    """The default v2 bucketing value, ``flagKey + targetingKey``; ``None`` if no key."""
-    if not targeting_key or not isinstance(targeting_key, str):
-        return None
-    return flag_key + targeting_key
 
 
 def bucket_value_v3(flag_key: str, targeting_key: Any) -> list[str] | None:
@@ -143,18 +135,22 @@ class Bucketer:
         return None
 
 
-def fractional(flag_key: str, targeting_key: Any, args: Sequence[Any], version: str) -> Any:
+def fractional(shorthand: Callable[[], tuple[str, Any]], args: Sequence[Any], version: str) -> Any:
     """flagd's ``fractional`` over evaluated arguments, for algorithm ``v2`` or ``v3``.
 
     Args:
-        flag_key: The flag being evaluated (``$flagd.flagKey``).
-        targeting_key: The context's ``targetingKey``.
+        shorthand: Gives ``(flagKey, targetingKey)``, read only when the arguments hold no
+            bucketing value of their own.
         args: The operation's evaluated arguments: an optional bucketing value, then
             ``[variant, weight]`` pairs.
         version: ``"v2"`` (hash of the UTF-8 string) or ``"v3"`` (hash of canonical CBOR).
 
     Returns:
         The chosen variant, or ``None`` where flagd gives null.
+
+    Raises:
+        TypeError: v2 only, for a targeting key that is not a string (as flagd's
+            reference evaluator; the evaluation then ends in ``GENERAL``).
     """
     if not args:
         return None
@@ -164,7 +160,10 @@ def fractional(flag_key: str, targeting_key: Any, args: Sequence[Any], version: 
             bucket_by: Any = first
             rest = args[1:]
         else:
-            bucket_by = bucket_value_v2(flag_key, targeting_key)
+            flag_key, targeting_key = shorthand()
+            if not targeting_key:
+                return None
+            bucket_by = flag_key + targeting_key  # a non-string key raises, as in flagd
             rest = args
         if not bucket_by:
             return None
@@ -174,7 +173,7 @@ def fractional(flag_key: str, targeting_key: Any, args: Sequence[Any], version: 
             bucket_by = first
             rest = args[1:]
         else:
-            bucket_by = bucket_value_v3(flag_key, targeting_key)
+            bucket_by = bucket_value_v3(*shorthand())
             rest = args
         if bucket_by is None:
             return None

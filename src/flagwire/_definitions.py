@@ -10,6 +10,7 @@ problem is listed in :attr:`FlagsetDocument.problems` (and by ``flagwire validat
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Mapping
@@ -22,7 +23,13 @@ import yaml
 from ._errors import ConfigError, FlagsetError
 from ._types import JsonValue, MetadataValue
 
-__all__ = ["FlagDefinition", "FlagsetDocument", "parse_document", "read_document"]
+__all__ = [
+    "FlagDefinition",
+    "FlagsetDocument",
+    "parse_document",
+    "read_document",
+    "substitute_refs",
+]
 
 _FLAG_PROPERTIES = frozenset(
     {"state", "variants", "defaultVariant", "targeting", "metadata", "source", "selector"}
@@ -135,7 +142,7 @@ class _Validator:
             )
         return dict(value)
 
-    def flag(self, key: Any, data: Any) -> FlagDefinition:
+    def flag(self, key: Any, data: Any, evaluators: Mapping[str, Any]) -> FlagDefinition:
         pointer = f"flags.{key}"
         if not isinstance(key, str) or not key:
             raise self.fail(f"flag keys must be non-empty strings, got {key!r}", pointer="flags")
@@ -209,7 +216,7 @@ class _Validator:
             state=state,
             variants=dict(variants),
             default_variant=default,
-            targeting=data.get("targeting"),
+            targeting=substitute_refs(data.get("targeting"), evaluators),
             metadata=metadata,
         )
 
@@ -229,7 +236,7 @@ class _Validator:
                 f"$evaluators must be an object, not {_kind(evaluators)}", pointer="$evaluators"
             )
         metadata = self.metadata(raw.get("metadata"), flag=None, pointer="metadata")
-        definitions = {key: self.flag(key, data) for key, data in flags.items()}
+        definitions = {key: self.flag(key, data, evaluators) for key, data in flags.items()}
         return FlagsetDocument(
             flags=definitions,
             metadata=metadata,
@@ -237,6 +244,28 @@ class _Validator:
             source=self.source,
             raw=raw,
         )
+
+
+def _replace_ref(node: Any, name: str, rule: Any) -> Any:
+    if isinstance(node, dict):
+        if len(node) == 1 and node.get("$ref") == name:
+            return copy.deepcopy(rule)  # each use its own copy, as flagd's text substitution
+        return {k: _replace_ref(v, name, rule) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_ref(item, name, rule) for item in node]
+    return node
+
+
+def substitute_refs(targeting: Any, evaluators: Mapping[str, Any]) -> Any:
+    """Replace ``{"$ref": "name"}`` with the evaluator, exactly as flagd does.
+
+    flagd substitutes one evaluator after another, in the order of ``$evaluators``, so an
+    evaluator may use evaluators defined *after* it but not before it; such a leftover
+    ``$ref`` evaluates to ``PARSE_ERROR`` (and is listed in the flag set's problems).
+    """
+    for name, rule in evaluators.items():
+        targeting = _replace_ref(targeting, name, rule)
+    return targeting
 
 
 def _kind(value: Any) -> str:

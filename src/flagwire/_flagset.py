@@ -136,7 +136,12 @@ class _CompiledFlag:
                 _AS_IS.get(type(value), _ONLY_NONE),
             )
 
-        self.matches = {v: result(v, Reason.TARGETING_MATCH) for v in definition.variants}
+        # flagd treats a chosen variant with a null value or an empty name as an error.
+        self.matches = {
+            v: result(v, Reason.TARGETING_MATCH)
+            for v, value in definition.variants.items()
+            if v and value is not None
+        }
         dv = definition.default_variant
         self.default_result = result(dv, Reason.DEFAULT) if dv is not None else None
         self.static_result = result(dv, Reason.STATIC) if dv is not None else None
@@ -173,6 +178,8 @@ class _CompiledFlag:
 
         ``chosen`` is what the rule returned, or ``_UNSET`` if there is no rule.
         """
+        if flag_type is FlagType.FLOAT and type(default) is int:
+            default = float(default)  # as flagd's float resolver, even for the default
         if self.disabled:
             return Assignment(
                 self.key, default, None, Reason.DISABLED, None, None, self.metadata, self.version
@@ -185,13 +192,17 @@ class _CompiledFlag:
         elif chosen is None:
             match = self.default_result
         else:
-            match = self.matches.get(_variant_name(chosen))
+            name = _variant_name(chosen)
+            match = self.matches.get(name)
             if match is None:
+                variants = self.definition.variants
+                why = (
+                    "which has no value (null or an empty name)"
+                    if name in variants
+                    else f"which is not one of [{', '.join(variants)}]"
+                )
                 return self.error(
-                    default,
-                    ErrorCode.GENERAL,
-                    f'targeting chose variant "{_variant_name(chosen)}", which is not '
-                    f"one of [{', '.join(self.matches)}]",
+                    default, ErrorCode.GENERAL, f'targeting chose variant "{name}", {why}'
                 )
         if match is None:  # no default variant: the caller's default
             return Assignment(
@@ -484,6 +495,8 @@ def fit(decision: Assignment, default: Any, flag_type: FlagType | None = None) -
     result substitutes the caller's default where no variant applied and checks the type,
     so one memoised decision serves callers with different defaults.
     """
+    if flag_type is FlagType.FLOAT and type(default) is int:
+        default = float(default)  # as flagd's float resolver, even for the default
     if decision.variant is None:  # disabled, no default variant, or an error
         if decision.value is default:
             return decision

@@ -84,7 +84,6 @@ class _Compiler:
         self.evaluators = evaluators
         self.trace = trace
         self.problems: list[str] = []
-        self._ref_stack: list[str] = []
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -99,7 +98,7 @@ class _Compiler:
         op, raw = next(iter(logic.items()))
         here = f"{at}/{op}"
         if op == "$ref" and isinstance(raw, str):
-            return self._ref(raw, top, here)
+            return self._ref(raw, here)
         args = raw if isinstance(raw, list) else [raw]
         if op in ("if", "?:"):
             return self._if(args, top, here)
@@ -122,6 +121,17 @@ class _Compiler:
             return lambda d: fn([f(d) for f in fs])
         if op in VALUE_OPS:
             return self._value_op(op, args, fs, consts, top)
+        if "." in op and op.split(".")[0] in KNOWN_OPERATIONS:
+            # flagd's evaluator looks "var.x" up as operations["var"]["x"]: a TypeError.
+            message = f'"{op}" is not an operation'
+            self.problems.append(f"{here}: {message}")
+
+            def dotted(d: Any) -> Any:
+                for f in fs:
+                    f(d)
+                raise TypeError(message)
+
+            return dotted
         return self._unknown(op, fs, here)
 
     # -- control flow ---------------------------------------------------------------
@@ -258,18 +268,17 @@ class _Compiler:
 
         return none_
 
-    def _ref(self, name: str, top: bool, at: str) -> Compiled:
-        if name not in self.evaluators:
-            self.problems.append(f'{at}: $ref to unknown evaluator "{name}"')
-            return self._raise(f'$ref to unknown evaluator "{name}"')
-        if name in self._ref_stack:
-            self.problems.append(f'{at}: evaluator "{name}" refers to itself')
-            return self._raise(f'evaluator "{name}" refers to itself')
-        self._ref_stack.append(name)
-        try:
-            return self.compile(self.evaluators[name], top, f"$evaluators/{name}")
-        finally:
-            self._ref_stack.pop()
+    def _ref(self, name: str, at: str) -> Compiled:
+        # $ref is substituted before compiling (flagd's order); what is left is an error.
+        if name in self.evaluators:
+            message = (
+                f'$ref "{name}" is unresolved: flagd substitutes $evaluators in order, and '
+                f'"{name}" is defined before the evaluator that uses it (move it after)'
+            )
+        else:
+            message = f'$ref to unknown evaluator "{name}"'
+        self.problems.append(f"{at}: {message}")
+        return self._raise(message)
 
     def _unknown(self, op: str, fs: list[Compiled], at: str) -> Compiled:
         self.problems.append(f'{at}: unknown operation "{op}"')
@@ -306,43 +315,50 @@ class _Compiler:
         return full
 
     def _var(self, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool) -> Compiled:
+        if len(args) > 2:  # flagd's var takes a key and a default: more is a TypeError
+            return lambda d: var(d, *[f(d) for f in fs])
         key = args[0] if args else None
-        default_f = fs[1] if len(fs) > 1 else None
-        if not top or not consts[0] or not (isinstance(key, str) and key):
+        if not top or not args or not consts[0] or not (isinstance(key, str) and key):
             if not top:
                 return lambda d: var(d, *[f(d) for f in fs])
             full = self._full_data
             return lambda d: var(full(d), *[f(d) for f in fs])
+        default_f = fs[1] if len(fs) > 1 else None
         props = tuple(key.split("."))
         if props[0] == "$flagd":
-            if key == "$flagd.flagKey":
+            if key == "$flagd.flagKey" and default_f is None:
                 return _const(self.flag_key)
-            if key == "$flagd.timestamp":
+            if key == "$flagd.timestamp" and default_f is None:
                 return lambda d: int(time.time())
             flag_key = self.flag_key
             if default_f is None:
                 return lambda d: walk({"$flagd": _flagd(flag_key)}, props, None)
-            return lambda d: walk({"$flagd": _flagd(flag_key)}, props, default_f(d))
-        if len(props) == 1:
-            if default_f is None:
+
+            def flagd_var(d: Any) -> Any:
+                default = default_f(d)  # evaluated first, as flagd evaluates every argument
+                return walk({"$flagd": _flagd(flag_key)}, props, default)
+
+            return flagd_var
+        if default_f is None or (consts[1] and args[1] is None):
+            if len(props) == 1:
                 return lambda d: d.get(key)
-            if consts[1]:
-                default = args[1]
+            return lambda d: walk(d, props, None)
+        if consts[1]:
+            default = args[1]
+            if len(props) == 1:
 
                 def var_default(d: Any) -> Any:
                     value = d.get(key)
                     return default if value is None else value
 
                 return var_default
+            return lambda d: walk(d, props, default)
 
-            def var_dynamic(d: Any) -> Any:
-                value = d.get(key)
-                return default_f(d) if value is None else value
+        def var_dynamic(d: Any) -> Any:
+            default = default_f(d)  # evaluated first, as flagd evaluates every argument
+            return walk(d, props, default)
 
-            return var_dynamic
-        if default_f is None:
-            return lambda d: walk(d, props, None)
-        return lambda d: walk(d, props, default_f(d))
+        return var_dynamic
 
     def _data_op(self, op: str, fs: list[Compiled], top: bool) -> Compiled:
         fn = DATA_OPS[op]
@@ -367,8 +383,10 @@ class _Compiler:
         if not top:
             # Inside map/filter/... flagd reads $flagd and targetingKey from the item.
             def nested(d: Any) -> Any:
-                key = d.get("$flagd", {}).get("flagKey", "")
-                return cops.fractional(key, d.get("targetingKey"), [f(d) for f in fs], version)
+                def shorthand() -> tuple[Any, Any]:
+                    return d.get("$flagd", {}).get("flagKey", ""), d.get("targetingKey")
+
+                return cops.fractional(shorthand, [f(d) for f in fs], version)
 
             return nested
         if not args:
@@ -387,7 +405,7 @@ class _Compiler:
 
         def generic(d: Any) -> Any:
             values = [f(d) for f in fs]
-            result = cops.fractional(flag_key, d.get("targetingKey"), values, version)
+            result = cops.fractional(lambda: (flag_key, d.get("targetingKey")), values, version)
             if trace is not None:
                 trace.append((at, f"fractional bucket -> {json.dumps(result)}"))
             return result
@@ -403,8 +421,8 @@ class _Compiler:
 
             def v2(d: Any) -> Any:
                 tk = d.get("targetingKey")
-                if not tk or type(tk) is not str:
-                    return None
+                if not tk:
+                    return None  # and a non-string key raises below, as in flagd
                 return variants[bisect_right(ends, (hash_(flag_key + tk, 0, False) * total) >> 32)]
 
             return v2
@@ -433,7 +451,9 @@ class _Compiler:
                 if version == "v2":
                     return pick(hash_(value, signed=False)) if value else None
                 return pick(hash_(encode(value), signed=False))
-            return cops.fractional(flag_key, d.get("targetingKey"), [value, *rest], version)
+            return cops.fractional(
+                lambda: (flag_key, d.get("targetingKey")), [value, *rest], version
+            )
 
         return fractional_by
 

@@ -157,7 +157,7 @@ def substr(string: Any = None, index: Any = None, length: Any = None, *_: Any) -
     return text[int(start) : int(end)]
 
 
-def var(data: Any, key: Any = None, default: Any = None, *_: Any) -> Any:
+def var(data: Any, key: Any = None, default: Any = None) -> Any:
     """JsonLogic's ``var``: dotted paths, array indexes, ``length`` of arrays and strings."""
     if key is None or key == "":
         return data

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from types import MappingProxyType
@@ -32,7 +32,8 @@ __all__ = [
 logger = logging.getLogger("flagwire")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_BUILD_LOCK = threading.Lock()
+_BUILD_LOCKS = tuple(threading.RLock() for _ in range(64))
+_BUILDING: set[int] = set()  # ids of request flags whose context is being built
 
 
 class RequestFlags:
@@ -69,13 +70,24 @@ class RequestFlags:
         context = self._context
         if context is not None:
             return context
-        with _BUILD_LOCK:  # once per request, even if two of its threads race here
-            if self._context is None:
-                try:
-                    self._context = self._build_context()
-                except Exception:  # a broken extractor never fails the request
-                    logger.exception("flagwire: building the request's context failed")
-                    self._context = {}
+        # Once per request, even if two of its threads race here. The locks are striped
+        # so that a slow extractor holds up only requests that share its stripe, and
+        # re-entrant so that an extractor asking for a flag gets an answer, not a deadlock.
+        with _BUILD_LOCKS[id(self) % len(_BUILD_LOCKS)]:
+            if self._context is not None:
+                return self._context
+            me = id(self)
+            if me in _BUILDING:  # an extractor of this request asked for a flag
+                logger.warning("flagwire: a context extractor asked for a flag; it sees no context")
+                return {}
+            _BUILDING.add(me)
+            try:
+                self._context = self._build_context()
+            except Exception:  # a broken extractor never fails the request
+                logger.exception("flagwire: building the request's context failed")
+                self._context = {}
+            finally:
+                _BUILDING.discard(me)
             return self._context
 
     def _decide(self, key: str) -> Assignment:
@@ -139,6 +151,15 @@ class RequestFlags:
 
 _current: ContextVar[RequestFlags | None] = ContextVar("flagwire.current_flags", default=None)
 _default_source: Source | None = None
+_resolvers: tuple[Callable[[], RequestFlags | None], ...] = ()
+
+
+def add_resolver(resolve: Callable[[], RequestFlags | None]) -> None:
+    """Another place :func:`current_flags` looks when no flags are current (integrations
+    whose frameworks keep request state of their own, like Flask's ``g``)."""
+    global _resolvers
+    if resolve not in _resolvers:
+        _resolvers = (*_resolvers, resolve)
 
 
 def set_default_source(source: Source | None) -> None:
@@ -173,6 +194,10 @@ def current_flags(context: Context | None = None) -> RequestFlags:
     flags = _current.get()
     if flags is not None:
         return flags
+    for resolve in _resolvers:
+        flags = resolve()
+        if flags is not None:
+            return flags
     source = _default_source
     flagset = source.flagset if source is not None else _EMPTY_FLAGSET
     return RequestFlags(flagset, context or _EMPTY)

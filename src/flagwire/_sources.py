@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -187,14 +188,28 @@ class FileSource(_SourceBase):
                 exc,
                 self.path,
             )
+        self._poll_interval = poll_interval
         if poll_interval > 0:
-            self._thread = threading.Thread(
-                target=self._watch,
-                args=(poll_interval,),
-                name=f"flagwire-watch:{path}",
-                daemon=True,
-            )
-            self._thread.start()
+            self._start_watching()
+            _WATCHING.add(self)
+
+    def _start_watching(self) -> None:
+        self._thread = threading.Thread(
+            target=self._watch,
+            args=(self._poll_interval,),
+            name=f"flagwire-watch:{self.path}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        # A forked child (gunicorn --preload, multiprocessing) has no watcher thread, and
+        # its locks may have been held at the fork: new ones, and a new watcher.
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        if not self._stop.is_set():
+            self._stop = threading.Event()
+            self._start_watching()
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -245,6 +260,18 @@ class FileSource(_SourceBase):
 
     def __repr__(self) -> str:
         return f"<FileSource {self.path} {self._status.version} ok={self._status.ok}>"
+
+
+_WATCHING: weakref.WeakSet[FileSource] = weakref.WeakSet()
+
+
+def _restart_watchers_after_fork() -> None:
+    for source in list(_WATCHING):
+        source._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_watchers_after_fork)
 
 
 class StaticSource:

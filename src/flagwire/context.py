@@ -164,7 +164,8 @@ def find_user(request: Any) -> Any:
         return candidate if _authenticated(candidate) else None
     environ = _environ(request)
     if environ is not None:
-        return environ.get("flagwire.user")
+        candidate = environ.get("flagwire.user")
+        return candidate if _authenticated(candidate) else None
     if hasattr(request, "environ"):  # Flask / Werkzeug
         return _flask_user()
     return None

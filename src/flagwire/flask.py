@@ -29,11 +29,11 @@ from typing import Any
 from ._errors import ConfigError
 from ._flagset import FlagSet
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
-from ._request import RequestFlags, _current, current_flags
+from ._request import RequestFlags, _current, add_resolver, current_flags
 from ._sources import FileSource, Source
 
 try:
-    from flask import Flask, Response, g, request
+    from flask import Flask, Response, g, has_request_context, request
     from werkzeug.local import LocalProxy
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.flask needs Flask: pip install 'flagwire[flask]'") from exc
@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 __all__ = ["Flagwire", "flags"]
 
 EXTENSION_KEY = "flagwire"
+_UNSET: Any = object()
 
 
 class Flagwire:
@@ -81,8 +82,8 @@ class Flagwire:
         *,
         source: Source | FlagSet | None = None,
         context: ContextSpec = None,
-        anonymous_cookie: str | None = None,
-        cookie_max_age: int | None = None,
+        anonymous_cookie: str | None = _UNSET,
+        cookie_max_age: int = _UNSET,
     ) -> None:
         """Register on an app; arguments given here override the constructor's.
 
@@ -104,14 +105,17 @@ class Flagwire:
                     "or app.config['FLAGWIRE_FLAGS_FILE'] = 'flags.yaml'"
                 )
             chosen = FileSource(path, strict=bool(app.config["FLAGWIRE_STRICT"]))
-        cookie = (
-            anonymous_cookie if anonymous_cookie is not None else self._defaults["anonymous_cookie"]
-        )
         binding = Binding(
             chosen,
             context if context is not None else self._defaults["context"],
-            anonymous_cookie=cookie,
-            cookie_max_age=cookie_max_age or self._defaults["cookie_max_age"],
+            anonymous_cookie=(
+                self._defaults["anonymous_cookie"]
+                if anonymous_cookie is _UNSET
+                else anonymous_cookie
+            ),
+            cookie_max_age=(
+                self._defaults["cookie_max_age"] if cookie_max_age is _UNSET else cookie_max_age
+            ),
         )
         binding.adapt = _adapt
         app.extensions[EXTENSION_KEY] = binding
@@ -173,6 +177,19 @@ def _teardown_request(_: BaseException | None) -> None:
         except ValueError:  # torn down in another context (e.g. a copied one)
             _current.set(None)
 
+
+def _flags_of_flask_request() -> RequestFlags | None:
+    # After Flask's teardown (e.g. while a stream_with_context body is produced), the
+    # request context is pushed again but flagwire's context variable is gone: find the
+    # request's flags on g.
+    if has_request_context():
+        found = g.get("flagwire")
+        if isinstance(found, RequestFlags):
+            return found
+    return None
+
+
+add_resolver(_flags_of_flask_request)
 
 flags: RequestFlags = LocalProxy(current_flags)  # type: ignore[assignment]
 """The current request's flags (a proxy to :func:`flagwire.current_flags`)."""

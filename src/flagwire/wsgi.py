@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
+from contextvars import Token
 from types import TracebackType
 from typing import Any
 
 from ._flagset import FlagSet
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
-from ._request import _current
+from ._request import RequestFlags, _current
 from ._sources import Source
 
 __all__ = ["ENVIRON_KEY", "FlagwireMiddleware"]
@@ -85,20 +86,38 @@ class FlagwireMiddleware:
         except BaseException:
             _current.reset(token)
             raise
-        return _closing(body, token)
+        return _ClosingBody(body, token)
 
 
-def _closing(body: Iterable[bytes], token: Any) -> Iterator[bytes]:
-    # The flags stay current while the body is produced (streaming responses), and are
-    # released after the server closes the iterable.
-    try:
-        yield from body
-    finally:
-        close = getattr(body, "close", None)
+class _ClosingBody:
+    """The app's response body, keeping the request's flags current until it is closed.
+
+    A class, not a generator: a server may close the body without iterating it, and the
+    app's ``close()`` and the reset of the flags must still happen (PEP 3333).
+    """
+
+    __slots__ = ("_body", "_closed", "_token")
+
+    def __init__(self, body: Iterable[bytes], token: Token[RequestFlags | None]) -> None:
+        self._body = body
+        self._token = token
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
         try:
+            yield from self._body
+        finally:  # exhausted (or abandoned): release now, the server's close() is a no-op
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._body, "close", None)
             if close is not None:
                 close()
         finally:
-            # ValueError: iterated in another context than the one that started it.
+            # ValueError: closed in another context than the one that started it.
             with suppress(ValueError):
-                _current.reset(token)
+                _current.reset(self._token)
