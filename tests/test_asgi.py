@@ -43,7 +43,7 @@ from flagwire import (
     context,
     current_flags,
 )
-from flagwire.asgi import SCOPE_KEY, FlagwireMiddleware
+from flagwire.asgi import FlagwireMiddleware
 from flagwire.fastapi import Flags, get_flags
 
 Document = dict[str, Any]
@@ -139,7 +139,7 @@ def test_starlette_handler_helper_task_and_scope_see_the_same_flags(
     seen: dict[str, Any] = {}
 
     async def endpoint(request: Request) -> JSONResponse:
-        seen["scope"] = request.scope[SCOPE_KEY]
+        seen["scope"] = get_flags(request)
         seen["handler"] = current_flags()
         seen["helper"] = _deep_helper()
 
@@ -169,7 +169,7 @@ def test_a_sync_starlette_endpoint_in_the_threadpool_sees_the_requests_flags(
 
     def endpoint(request: Request) -> JSONResponse:
         seen["thread"] = threading.current_thread()
-        seen["scope"] = request.scope[SCOPE_KEY]
+        seen["scope"] = get_flags(request)
         seen["handler"] = current_flags()
         seen["helper"] = _deep_helper()
         return JSONResponse({"checkout": current_flags().boolean("new-checkout")})
@@ -205,7 +205,7 @@ def test_fastapi_dependency_handler_helper_task_and_threadpool_agree(
         from_sync: RequestFlags = Depends(_sync_dependency),  # noqa: B008
         from_async: RequestFlags = Depends(_async_dependency),  # noqa: B008
     ) -> dict[str, Any]:
-        seen["scope"] = request.scope[SCOPE_KEY]
+        seen["scope"] = get_flags(request)
         seen["dependency"] = flags
         seen["sync_dependency"] = from_sync
         seen["async_dependency"] = from_async
@@ -220,7 +220,7 @@ def test_fastapi_dependency_handler_helper_task_and_threadpool_agree(
 
     @app.get("/sync")
     def sync_endpoint(request: Request, flags: Flags) -> dict[str, Any]:
-        seen["sync_scope"] = request.scope[SCOPE_KEY]
+        seen["sync_scope"] = get_flags(request)
         seen["sync_dependency_in_sync"] = flags
         seen["sync_handler"] = current_flags()
         seen["sync_thread"] = threading.current_thread()
@@ -258,11 +258,12 @@ def test_fastapi_flags_dependency_without_the_middleware_gives_current_flags(
     assert response.json() == {"version": per_request_flags.version_label, "checkout": False}
 
 
-def test_get_flags_reads_the_scope_key(per_request_flags: FlagSet) -> None:
+def test_get_flags_outside_the_middleware_is_current_flags(per_request_flags: FlagSet) -> None:
     flags = RequestFlags(per_request_flags)
-    request = Request({"type": "http", "headers": [], SCOPE_KEY: flags})
+    request = Request({"type": "http", "headers": []})
 
-    assert get_flags(request) is flags
+    with flagwire.activate(flags):
+        assert get_flags(request) is flags
 
 
 def test_each_request_gets_its_own_flags_even_when_concurrent(
@@ -380,7 +381,7 @@ def test_lifespan_passes_through(per_request_flags: FlagSet) -> None:
         "lifespan.shutdown.complete",
     ]
     assert events == ["startup", "shutdown"]
-    assert SCOPE_KEY not in scope
+    assert "flagwire.flags" not in scope
     assert dict(seen[0].evaluated()) == {}
     assert get(app).status_code == 200
 
@@ -390,7 +391,9 @@ def test_websocket_passes_through(per_request_flags: FlagSet) -> None:
         await websocket.accept()
         text = await websocket.receive_text()
         flags = current_flags()
-        await websocket.send_text(f"{text}:{SCOPE_KEY in websocket.scope}:{len(flags.evaluated())}")
+        await websocket.send_text(
+            f"{text}:{'flagwire.flags' in websocket.scope}:{len(flags.evaluated())}"
+        )
         await websocket.close()
 
     app = make_app(WebSocketRoute("/ws", echo), source=per_request_flags)

@@ -39,13 +39,17 @@ def test_each_flag_is_evaluated_once_per_request(
     per_request_flags: FlagSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    evaluate = FlagSet.evaluate
+    deciders = per_request_flags._deciders  # the per-request path: key -> decide(context)
 
-    def spy(self: FlagSet, key: str, *args: Any, **kwargs: Any) -> Any:
-        calls.append(key)
-        return evaluate(self, key, *args, **kwargs)
+    def spy(key: str, decide: Callable[[dict[str, Any]], Any]) -> Callable[..., Any]:
+        def counted(context: dict[str, Any]) -> Any:
+            calls.append(key)
+            return decide(context)
 
-    monkeypatch.setattr(FlagSet, "evaluate", spy)
+        return counted
+
+    for key, decide in list(deciders.items()):
+        monkeypatch.setitem(deciders, key, spy(key, decide))
     flags = RequestFlags(per_request_flags, BETA)
 
     flags.boolean("new-checkout")

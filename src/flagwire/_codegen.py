@@ -21,7 +21,7 @@ from typing import Any
 from . import _custom_ops as cops
 from ._jsonlogic_ops import BOOLEAN_OPS, equals, greater, greater_equal, less, less_equal, truthy
 
-__all__ = ["generate_rule"]
+__all__ = ["generate_decider", "generate_rule"]
 
 _BOOL = "bool"  # the expression is a bool, or None where Python truthiness is the same
 _ANY = "any"
@@ -48,7 +48,6 @@ class _Generator:
             "_bisect": bisect_right,
             "_hash": cops._hash,
             "_cbor": cops.canonical_cbor,
-            "_parse_semver": cops.parse_semver,
         }
         self._n = 0
 
@@ -305,4 +304,49 @@ def generate_rule(
     namespace = dict(generator.namespace)
     exec(compiled, namespace)
     rule: Callable[[Any], Any] = namespace["rule"]
+    rule.__flagwire_source__ = (src, generator.namespace)  # type: ignore[attr-defined]
     return rule
+
+
+_DECIDER = """\
+def decide(d):
+    try:
+        chosen = {expr}
+    except Exception as exc:
+        return _failed(exc, None)
+    if type(chosen) is str:
+        found = _matches.get(chosen)
+        if found is not None:
+            return found
+    return _resolve(chosen, d, None, None)
+"""
+
+
+def generate_decider(
+    rule: Callable[[Any], Any],
+    matches: Mapping[str, Any],
+    resolve: Callable[[Any, Any, Any, Any], Any],
+    failed: Callable[[Exception, Any], Any],
+    name: str,
+) -> Callable[[Any], Any]:
+    """One function from context to decision: the rule, inlined, and the variant lookup.
+
+    Args:
+        rule: A compiled rule (from :func:`generate_rule`, or any closure).
+        matches: Variant name -> prebuilt result.
+        resolve: ``resolve(chosen, context, default, flag_type)`` for everything else.
+        failed: ``failed(exception, default)`` for a rule that raised.
+        name: For tracebacks.
+    """
+    source = getattr(rule, "__flagwire_source__", None)
+    expr: str
+    namespace: Mapping[str, Any]
+    if source is None:
+        expr, namespace = "_rule(d)", {"_rule": rule}
+    else:
+        expr, namespace = source
+    code = compile(_DECIDER.format(expr=expr), f"<flagwire decider {name}>", "exec")
+    scope = {**namespace, "_matches": matches, "_resolve": resolve, "_failed": failed}
+    exec(code, scope)
+    decide: Callable[[Any], Any] = scope["decide"]
+    return decide

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 from ._assignment import Assignment, ErrorCode, FlagType, Reason
+from ._codegen import generate_decider
 from ._custom_ops import FRACTIONAL_VERSIONS
 from ._definitions import (
     FlagDefinition,
@@ -97,6 +98,7 @@ class _CompiledFlag:
     """A flag ready to evaluate: prebuilt results per variant, a compiled rule."""
 
     __slots__ = (
+        "decide",
         "default_result",
         "definition",
         "disabled",
@@ -147,6 +149,7 @@ class _CompiledFlag:
         self.static_result = result(dv, Reason.STATIC) if dv is not None else None
         self.rule: Compiled | None = None
         self.rule_error: str | None = None
+        self.decide: Callable[[dict[str, Any]], Assignment] = self._decide_without_rule
         if self.disabled:
             self.static_result = None  # always the slow path, which says DISABLED
             return
@@ -165,6 +168,9 @@ class _CompiledFlag:
         )
         self.rule = rule
         problems.extend(f'flag "{key}": {p}' for p in found)
+        self.decide = generate_decider(
+            rule, {v: m[0] for v, m in self.matches.items()}, self.resolve, self.failed, key
+        )
 
     def error(self, default: Any, code: ErrorCode, message: str) -> Assignment:
         return Assignment(
@@ -234,6 +240,12 @@ class _CompiledFlag:
             )
         return result
 
+    def _decide_without_rule(self, context: dict[str, Any]) -> Assignment:
+        match = self.static_result
+        if match is not None:
+            return match[0]
+        return self.resolve(_UNSET, context, None, None)
+
     def failed(self, exc: Exception, default: Any) -> Assignment:
         """The assignment for a rule that raised."""
         if isinstance(exc, RuleError):
@@ -258,6 +270,7 @@ class FlagSet:
     """
 
     __slots__ = (
+        "_deciders",
         "_evaluators",
         "_flags",
         "digest",
@@ -299,6 +312,10 @@ class FlagSet:
             for key, d in document.flags.items()
         }
         self.problems: tuple[str, ...] = tuple(problems)
+        # key -> decide(context): the per-request path (see RequestFlags).
+        self._deciders: dict[str, Callable[[dict[str, Any]], Assignment]] = {
+            key: flag.decide for key, flag in self._flags.items()
+        }
 
     # -- construction -------------------------------------------------------------------
 
@@ -412,6 +429,17 @@ class FlagSet:
             if match is not None and type(default) in match[2]:
                 return match[0]
         return flag.resolve(chosen, context, default, flag_type)
+
+    def decide(self, key: str, context: dict[str, Any]) -> Assignment:
+        """:meth:`evaluate` with no default and no expected type, for a dict context.
+
+        The per-request path: what is decided here is memoised, and callers' defaults
+        and types are applied afterwards (see :func:`fit`).
+        """
+        flag = self._flags.get(key)
+        if flag is None:
+            return self._not_found(key, None)
+        return flag.decide(context)
 
     def _not_found(self, key: str, default: Any) -> Assignment:
         return Assignment(

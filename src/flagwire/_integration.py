@@ -6,9 +6,10 @@ hold one binding and create a :class:`BoundRequestFlags` per request.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._flagset import FlagSet
@@ -20,6 +21,8 @@ __all__ = ["Binding", "BoundRequestFlags", "ContextSpec"]
 
 ContextSpec = Extractor | Sequence[Extractor] | None
 """An extractor, several (composed in order), or None for the default (:func:`user`)."""
+
+logger = logging.getLogger("flagwire")
 
 _VALID_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 DEFAULT_COOKIE = "flagwire_id"
@@ -40,7 +43,15 @@ class Binding:
             if nothing else is.
     """
 
-    __slots__ = ("adapt", "cookie_attributes", "cookie_name", "extract", "reads_raw", "source")
+    __slots__ = (
+        "adapt",
+        "cookie_attributes",
+        "cookie_name",
+        "extract",
+        "fresh",
+        "reads_raw",
+        "source",
+    )
 
     def __init__(
         self,
@@ -54,31 +65,19 @@ class Binding:
         self.source = as_source(source)
         if context is None:
             context = user()
-        self.extract: Extractor = compose(
-            *(context if isinstance(context, Sequence) else (context,))
-        )
+        chain = tuple(context) if isinstance(context, Sequence) else (context,)
+        # One extractor is called directly (build_context catches its errors); several
+        # are composed, each failing on its own.
+        self.extract: Extractor = chain[0] if len(chain) == 1 else compose(*chain)
         self.reads_raw = reads_raw(self.extract)
+        # compose() and flagwire's own extractors return a new dict on every call.
+        self.fresh = len(chain) > 1 or self.reads_raw
         self.adapt: Callable[[Any], Any] | None = None
         """Turns the integration's raw request into what extractors receive (set by it)."""
         self.cookie_name = anonymous_cookie
         self.cookie_attributes = f"Path=/; Max-Age={int(cookie_max_age)}; SameSite=Lax; HttpOnly"
         if make_default and default_source() is None:
             set_default_source(self.source)
-
-    def build_context(self, request: Any, flags: BoundRequestFlags) -> dict[str, Any]:
-        """Run the extractors; give an anonymous visitor a stable ``targetingKey``."""
-        found = self.extract(request)
-        context = found if type(found) is dict else dict(found or {})
-        if context.get("targetingKey") or self.cookie_name is None:
-            return context
-        kept = request_cookies(request).get(self.cookie_name)
-        if kept is not None and _VALID_ID.fullmatch(kept):
-            context["targetingKey"] = kept
-        else:  # none yet, or tampered with: a new one, sent back with the response
-            new = secrets.token_urlsafe(16)
-            context["targetingKey"] = new
-            flags.new_anonymous_id = new
-        return context
 
     def set_cookie_value(self, anonymous_id: str, *, secure: bool) -> str:
         """The ``Set-Cookie`` header value for a new anonymous id."""
@@ -92,7 +91,8 @@ class BoundRequestFlags(RequestFlags):
     __slots__ = ("_binding", "_raw", "new_anonymous_id")
 
     def __init__(self, binding: Binding, raw: Any) -> None:
-        self.flagset = binding.source.flagset  # pinned for the whole request
+        self.flagset = flagset = binding.source.flagset  # pinned for the whole request
+        self._deciders = flagset._deciders
         self._context = None
         self._memo = {}
         self._binding = binding
@@ -100,6 +100,36 @@ class BoundRequestFlags(RequestFlags):
         self.new_anonymous_id: str | None = None
 
     def _build_context(self) -> dict[str, Any]:
+        """Run the extractors; give an anonymous visitor a stable ``targetingKey``."""
         binding = self._binding
         adapt = binding.adapt
-        return binding.build_context(self._raw if adapt is None else adapt(self._raw), self)
+        request = self._raw if adapt is None else adapt(self._raw)
+        extract = binding.extract
+        try:
+            found = extract(request)
+        except Exception:  # a broken extractor never fails the request
+            logger.exception("flagwire: context extractor %r failed", extract)
+            found = None
+        if type(found) is dict and binding.fresh:
+            context = found  # flagwire's own extractors return a new dict every time
+        elif isinstance(found, Mapping):
+            context = dict(found)  # our own copy: the extractor may hand out a shared dict
+        else:
+            if found is not None:
+                logger.error(
+                    "flagwire: context extractor %r returned %s, not a mapping",
+                    extract,
+                    type(found).__name__,
+                )
+            context = {}
+        cookie_name = binding.cookie_name
+        if cookie_name is None or context.get("targetingKey"):
+            return context
+        kept = request_cookies(request).get(cookie_name)
+        if kept is not None and _VALID_ID.fullmatch(kept):
+            context["targetingKey"] = kept
+        else:  # none yet, or tampered with: a new one, sent back with the response
+            new = secrets.token_urlsafe(16)
+            context["targetingKey"] = new
+            self.new_anonymous_id = new
+        return context

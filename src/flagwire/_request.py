@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from threading import get_ident
 from types import MappingProxyType
 from typing import Any
 
@@ -32,8 +33,8 @@ __all__ = [
 logger = logging.getLogger("flagwire")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_BUILD_LOCKS = tuple(threading.RLock() for _ in range(64))
-_BUILDING: set[int] = set()  # ids of request flags whose context is being built
+_BUILD_LOCKS = tuple(threading.Lock() for _ in range(64))
+_BUILDERS: dict[int, int] = {}  # id of request flags -> the thread building their context
 
 
 class RequestFlags:
@@ -47,10 +48,11 @@ class RequestFlags:
         flagset: The flag set pinned for this request.
     """
 
-    __slots__ = ("_context", "_memo", "flagset")
+    __slots__ = ("_context", "_deciders", "_memo", "flagset")
 
     def __init__(self, flagset: FlagSet, context: Context | None = None) -> None:
         self.flagset = flagset
+        self._deciders = flagset._deciders
         self._context: dict[str, Any] | None = {} if context is None else dict(context)
         self._memo: dict[str, Assignment] = {}
 
@@ -70,33 +72,34 @@ class RequestFlags:
         context = self._context
         if context is not None:
             return context
-        # Once per request, even if two of its threads race here. The locks are striped
-        # so that a slow extractor holds up only requests that share its stripe, and
-        # re-entrant so that an extractor asking for a flag gets an answer, not a deadlock.
-        with _BUILD_LOCKS[id(self) % len(_BUILD_LOCKS)]:
+        me = id(self)
+        if _BUILDERS.get(me) == get_ident():  # an extractor of this request asked for a flag
+            logger.warning("flagwire: a context extractor asked for a flag; it sees no context")
+            return {}
+        # Once per request, even if two of its threads race here. The locks are striped,
+        # so a slow extractor holds up only the few requests that share its stripe.
+        with _BUILD_LOCKS[(me >> 4) & 63]:
             if self._context is not None:
                 return self._context
-            me = id(self)
-            if me in _BUILDING:  # an extractor of this request asked for a flag
-                logger.warning("flagwire: a context extractor asked for a flag; it sees no context")
-                return {}
-            _BUILDING.add(me)
+            _BUILDERS[me] = get_ident()
             try:
                 self._context = self._build_context()
             except Exception:  # a broken extractor never fails the request
                 logger.exception("flagwire: building the request's context failed")
                 self._context = {}
             finally:
-                _BUILDING.discard(me)
+                del _BUILDERS[me]
             return self._context
 
     def _decide(self, key: str) -> Assignment:
-        decision = self._memo.get(key)
-        if decision is None:
-            decision = self.flagset.evaluate(key, self._ensure_context(), None)
-            # setdefault: if two threads of one request race, both keep the first decision.
-            decision = self._memo.setdefault(key, decision)
-        return decision
+        # Called when the memo has no decision yet.
+        context = self._context
+        if context is None:
+            context = self._ensure_context()
+        decide = self._deciders.get(key)
+        decision = decide(context) if decide is not None else self.flagset.decide(key, context)
+        # setdefault: if two threads of one request race, both keep the first decision.
+        return self._memo.setdefault(key, decision)
 
     def details(
         self, key: str, default: Any = None, flag_type: FlagType | None = None

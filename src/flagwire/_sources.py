@@ -81,13 +81,10 @@ class _SourceBase:
     def __init__(self, name: str) -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._flagset = FlagSet.empty(source=name)
-        self._status = SourceStatus(ok=False, version=self._flagset.version_label)
+        # A plain attribute, swapped whole: reading it is one attribute load, no lock.
+        self.flagset: FlagSet = FlagSet.empty(source=name)
+        self._status = SourceStatus(ok=False, version=self.flagset.version_label)
         self._listeners: tuple[Listener, ...] = ()
-
-    @property
-    def flagset(self) -> FlagSet:
-        return self._flagset
 
     @property
     def status(self) -> SourceStatus:
@@ -105,8 +102,8 @@ class _SourceBase:
 
     def _accept(self, new: FlagSet) -> None:
         with self._lock:
-            old = self._flagset
-            self._flagset = new  # one reference swap: readers see old or new, whole
+            old = self.flagset
+            self.flagset = new  # one reference swap: readers see old or new, whole
             self._status = replace(
                 self._status,
                 ok=True,
@@ -136,7 +133,7 @@ class _SourceBase:
                 last_error_time=_now(),
                 failures=self._status.failures + 1,
             )
-            version = self._flagset.version_label
+            version = self.flagset.version_label
         logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
 
 
@@ -231,7 +228,7 @@ class FileSource(_SourceBase):
             signature = self._stat()
             if signature == self._signature:
                 return False
-            before = self._flagset
+            before = self.flagset
             try:
                 self._load()
             except (FlagsetError, SourceError) as exc:
@@ -240,7 +237,7 @@ class FileSource(_SourceBase):
             except Exception as exc:  # never let a bad file kill the watcher
                 self._reject(SourceError(f"{self.path}: {type(exc).__name__}: {exc}"))
                 return False
-            return self._flagset.digest != before.digest
+            return self.flagset.digest != before.digest
 
     def _watch(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -282,14 +279,10 @@ class StaticSource:
     """
 
     def __init__(self, flagset: FlagSet) -> None:
-        self._flagset = flagset
+        self.flagset: FlagSet = flagset
         self._status = SourceStatus(
             ok=True, version=flagset.version_label, last_good_load=_now(), loads=1
         )
-
-    @property
-    def flagset(self) -> FlagSet:
-        return self._flagset
 
     @property
     def status(self) -> SourceStatus:
@@ -299,7 +292,7 @@ class StaticSource:
         return lambda: None
 
     def __repr__(self) -> str:
-        return f"<StaticSource {self._flagset.version_label}>"
+        return f"<StaticSource {self.flagset.version_label}>"
 
 
 def as_source(source: Source | FlagSet) -> Source:

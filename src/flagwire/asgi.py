@@ -13,8 +13,9 @@
 
 Each HTTP request gets its own :class:`~flagwire.RequestFlags` — one pinned flag set,
 a context built lazily from a Starlette ``Request`` — reachable with
-:func:`flagwire.current_flags` anywhere in the request's code and at
-``scope["flagwire.flags"]``. Lifespan and websocket scopes pass straight through.
+:func:`flagwire.current_flags` anywhere in the request's code (a context variable, which
+asyncio tasks and Starlette's thread pool inherit). Lifespan and websocket scopes pass
+straight through.
 """
 
 from __future__ import annotations
@@ -32,16 +33,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.asgi needs Starlette: pip install 'flagwire[fastapi]'") from exc
 
-__all__ = ["SCOPE_KEY", "FlagwireMiddleware"]
+__all__ = ["FlagwireMiddleware"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-SCOPE_KEY = "flagwire.flags"
-"""Where the request's :class:`~flagwire.RequestFlags` is in the ASGI scope."""
 
 
 class FlagwireMiddleware:
@@ -81,7 +79,8 @@ class FlagwireMiddleware:
             return
         binding = self.binding
         flags = BoundRequestFlags(binding, scope)
-        scope[SCOPE_KEY] = flags
+        # Not stored in the scope: the context variable is the one way to the flags, and
+        # growing the scope dict costs more than the rest of this method.
         token = _current.set(flags)
         try:
             if binding.cookie_name is None:

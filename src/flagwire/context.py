@@ -210,12 +210,12 @@ def headers(mapping: Mapping[str, str]) -> Extractor:
 
     def extract(request: Any) -> Mapping[str, Any]:
         found: dict[str, Any] = {}
-        scope = _asgi_scope(request)
-        if scope is not None:  # one pass over the raw headers
+        scope = request if type(request) is dict and "type" in request else _asgi_scope(request)
+        if scope is not None:  # one pass over the raw headers (lowercase, per ASGI)
             for key, value in scope.get("headers", ()):
-                attribute = wanted.get(key) or wanted.get(bytes(key).lower())
+                attribute = wanted.get(key)
                 if attribute is not None and attribute not in found:
-                    found[attribute] = bytes(value).decode("latin-1")
+                    found[attribute] = value.decode("latin-1")
             return found
         for name, attribute in pairs:
             value = header(request, name)
@@ -302,7 +302,7 @@ def client(ip: str | None = "ip", user_agent: str | None = "userAgent") -> Extra
 def static(values: Mapping[str, Any]) -> Extractor:
     """The same attributes for every request (service name, region, ...)."""
     frozen = dict(values)
-    return _raw_ok(lambda request: frozen)
+    return _raw_ok(lambda request: dict(frozen))
 
 
 def _name(extractor: Any) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from ._request import RequestFlags, current_flags
-from .asgi import SCOPE_KEY, FlagwireMiddleware
+from .asgi import FlagwireMiddleware
 
 try:
     from fastapi import Depends, Request
@@ -29,10 +29,11 @@ __all__ = ["Flags", "FlagwireMiddleware", "get_flags"]
 
 
 def get_flags(request: Request) -> RequestFlags:
-    """The request's flags (a FastAPI dependency); outside the middleware, see
-    :func:`flagwire.current_flags`."""
-    flags = request.scope.get(SCOPE_KEY)
-    return flags if isinstance(flags, RequestFlags) else current_flags()
+    """The request's flags (a FastAPI dependency): :func:`flagwire.current_flags`.
+
+    The ``request`` parameter ties the dependency to a request, so FastAPI evaluates it
+    per request."""
+    return current_flags()
 
 
 Flags = Annotated[RequestFlags, Depends(get_flags)]
