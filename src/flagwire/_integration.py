@@ -99,7 +99,10 @@ class BoundRequestFlags(RequestFlags):
         self._raw = raw
         self.new_anonymous_id: str | None = None
 
-    def _build_context(self) -> dict[str, Any]:
+    def _new_anonymous_id(self, new_id: str) -> None:
+        self.new_anonymous_id = new_id
+
+    def _build_context(self) -> tuple[dict[str, Any], str | None]:
         """Run the extractors; give an anonymous visitor a stable ``targetingKey``."""
         binding = self._binding
         adapt = binding.adapt
@@ -124,12 +127,11 @@ class BoundRequestFlags(RequestFlags):
             context = {}
         cookie_name = binding.cookie_name
         if cookie_name is None or context.get("targetingKey"):
-            return context
+            return context, None
         kept = request_cookies(request).get(cookie_name)
         if kept is not None and _VALID_ID.fullmatch(kept):
             context["targetingKey"] = kept
-        else:  # none yet, or tampered with: a new one, sent back with the response
-            new = secrets.token_urlsafe(16)
-            context["targetingKey"] = new
-            self.new_anonymous_id = new
-        return context
+            return context, None
+        new = secrets.token_urlsafe(16)  # none yet, or tampered with: sent back to the client
+        context["targetingKey"] = new
+        return context, new

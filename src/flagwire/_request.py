@@ -33,8 +33,8 @@ __all__ = [
 logger = logging.getLogger("flagwire")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_BUILD_LOCKS = tuple(threading.Lock() for _ in range(64))
-_BUILDERS: dict[int, int] = {}  # id of request flags -> the thread building their context
+_COMMIT = threading.Lock()
+_BUILDING: set[tuple[int, int]] = set()  # (request flags, thread) building a context now
 
 
 class RequestFlags:
@@ -64,32 +64,41 @@ class RequestFlags:
         """The evaluation context (built on first use; read-only)."""
         return MappingProxyType(self._ensure_context())
 
-    def _build_context(self) -> dict[str, Any]:
-        """Build the context the first time a flag needs it (integrations override)."""
-        return {}
+    def _build_context(self) -> tuple[dict[str, Any], str | None]:
+        """Build the context the first time a flag needs it (integrations override).
+
+        Returns the context and, if one was made for this request, a new anonymous
+        targeting key to send back to the client.
+        """
+        return {}, None
 
     def _ensure_context(self) -> dict[str, Any]:
         context = self._context
         if context is not None:
             return context
-        me = id(self)
-        if _BUILDERS.get(me) == get_ident():  # an extractor of this request asked for a flag
+        mine = (id(self), get_ident())
+        if mine in _BUILDING:  # an extractor of this request asked for a flag
             logger.warning("flagwire: a context extractor asked for a flag; it sees no context")
             return {}
-        # Once per request, even if two of its threads race here. The locks are striped,
-        # so a slow extractor holds up only the few requests that share its stripe.
-        with _BUILD_LOCKS[(me >> 4) & 63]:
-            if self._context is not None:
-                return self._context
-            _BUILDERS[me] = get_ident()
-            try:
-                self._context = self._build_context()
-            except Exception:  # a broken extractor never fails the request
-                logger.exception("flagwire: building the request's context failed")
-                self._context = {}
-            finally:
-                del _BUILDERS[me]
+        # No lock while extractors run (they are user code and may be slow): if two
+        # threads of one request race here, both build and the first to finish wins.
+        _BUILDING.add(mine)
+        try:
+            built, new_id = self._build_context()
+        except Exception:  # a broken extractor never fails the request
+            logger.exception("flagwire: building the request's context failed")
+            built, new_id = {}, None
+        finally:
+            _BUILDING.discard(mine)
+        with _COMMIT:
+            if self._context is None:
+                self._context = built
+                if new_id is not None:
+                    self._new_anonymous_id(new_id)
             return self._context
+
+    def _new_anonymous_id(self, new_id: str) -> None:
+        """Remember a new anonymous id for the response (integrations override)."""
 
     def _decide(self, key: str) -> Assignment:
         # Called when the memo has no decision yet.
@@ -154,12 +163,14 @@ class RequestFlags:
 
 _current: ContextVar[RequestFlags | None] = ContextVar("flagwire.current_flags", default=None)
 _default_source: Source | None = None
+
+
 _resolvers: tuple[Callable[[], RequestFlags | None], ...] = ()
 
 
 def add_resolver(resolve: Callable[[], RequestFlags | None]) -> None:
-    """Another place :func:`current_flags` looks when no flags are current (integrations
-    whose frameworks keep request state of their own, like Flask's ``g``)."""
+    """Another place :func:`current_flags` looks when no flags are current (for
+    frameworks that keep request state of their own, like Flask's request context)."""
     global _resolvers
     if resolve not in _resolvers:
         _resolvers = (*_resolvers, resolve)

@@ -70,6 +70,11 @@ def _scope_header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
+def _environ_key(name: str) -> str:
+    key = name.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+
 def header(request: Any, name: str) -> str | None:
     """A request header (case-insensitive), or ``None``."""
     scope = _asgi_scope(request)
@@ -77,10 +82,7 @@ def header(request: Any, name: str) -> str | None:
         return _scope_header(scope, name.lower().encode("latin-1"))
     environ = _environ(request)
     if environ is not None:
-        key = name.upper().replace("-", "_")
-        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            return environ.get(key)
-        return environ.get("HTTP_" + key)
+        return environ.get(_environ_key(name))
     found = getattr(request, "headers", None)
     return None if found is None else found.get(name)
 
@@ -207,15 +209,22 @@ def headers(mapping: Mapping[str, str]) -> Extractor:
     """
     pairs = tuple(mapping.items())
     wanted = {name.lower().encode("latin-1"): attribute for name, attribute in pairs}
+    environ_keys = tuple((_environ_key(name), attribute) for name, attribute in pairs)
 
     def extract(request: Any) -> Mapping[str, Any]:
         found: dict[str, Any] = {}
-        scope = request if type(request) is dict and "type" in request else _asgi_scope(request)
+        if type(request) is dict and "type" not in request:  # a WSGI environ
+            for environ_key, attribute in environ_keys:
+                text = request.get(environ_key)
+                if text is not None:
+                    found[attribute] = text
+            return found
+        scope = request if type(request) is dict else _asgi_scope(request)
         if scope is not None:  # one pass over the raw headers (lowercase, per ASGI)
             for key, value in scope.get("headers", ()):
-                attribute = wanted.get(key)
-                if attribute is not None and attribute not in found:
-                    found[attribute] = value.decode("latin-1")
+                wanted_as = wanted.get(key)
+                if wanted_as is not None and wanted_as not in found:
+                    found[wanted_as] = value.decode("latin-1")
             return found
         for name, attribute in pairs:
             value = header(request, name)
@@ -278,7 +287,7 @@ def user(
                 context[attribute] = value
         return context
 
-    return _raw_ok(extract) if find is find_user else extract
+    return _raw_ok(extract, environ=False) if find is find_user else extract
 
 
 def client(ip: str | None = "ip", user_agent: str | None = "userAgent") -> Extractor:
@@ -336,13 +345,21 @@ def compose(*extractors: Extractor) -> Extractor:
         return context
 
     if all(reads_raw(e) for e in chain):
-        return _raw_ok(extract)
+        return _raw_ok(extract, environ=all(reads_environ(e) for e in chain))
     return extract
 
 
-def _raw_ok(extractor: Extractor) -> Extractor:
+def _raw_ok(extractor: Extractor, *, environ: bool = True) -> Extractor:
     extractor.__flagwire_raw__ = True  # type: ignore[attr-defined]
+    extractor.__flagwire_environ__ = environ  # type: ignore[attr-defined]
     return extractor
+
+
+def reads_environ(extractor: Any) -> bool:
+    """Whether an extractor needs nothing but the WSGI environ (flagwire's own, except
+    :func:`user`, which asks the framework for the logged-in user), so a Flask app can
+    hand it the environ instead of ``flask.request``."""
+    return getattr(extractor, "__flagwire_environ__", False) is True
 
 
 def reads_raw(extractor: Any) -> bool:

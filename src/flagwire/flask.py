@@ -18,22 +18,25 @@ With the application-factory pattern, create ``fw = Flagwire()`` at import time 
 ``app.config["FLAGWIRE_FLAGS_FILE"]`` and watches that file.
 
 In a request, the flags are :func:`flagwire.current_flags`, ``g.flagwire`` and the
-``flags`` proxy of this module. Extractors receive ``flask.request``.
+``flags`` proxy of this module, wherever Flask's request context is (``stream_with_context``
+bodies included). Extractors receive ``flask.request``.
 """
 
 from __future__ import annotations
 
-from contextvars import Token
+from collections.abc import Iterable
 from typing import Any
 
 from ._errors import ConfigError
 from ._flagset import FlagSet
-from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
-from ._request import RequestFlags, _current, add_resolver, current_flags
+from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, ContextSpec
+from ._request import RequestFlags, add_resolver, current_flags
 from ._sources import FileSource, Source
+from .context import reads_environ
+from .wsgi import ENVIRON_KEY, StartResponse, WSGIApp, handle
 
 try:
-    from flask import Flask, Response, g, has_request_context, request
+    from flask import Flask, has_request_context, request
     from werkzeug.local import LocalProxy
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.flask needs Flask: pip install 'flagwire[flask]'") from exc
@@ -117,11 +120,12 @@ class Flagwire:
                 self._defaults["cookie_max_age"] if cookie_max_age is _UNSET else cookie_max_age
             ),
         )
-        binding.adapt = _adapt
+        # flagwire's own extractors read the WSGI environ directly; others get flask.request.
+        binding.adapt = None if reads_environ(binding.extract) else _flask_request
         app.extensions[EXTENSION_KEY] = binding
-        app.before_request(_before_request)
-        app.after_request(_after_request)
-        app.teardown_request(_teardown_request)
+        # Around the WSGI call, not in request hooks: two function calls, not three hooks.
+        app.wsgi_app = _FlaskWsgi(app.wsgi_app, binding)  # type: ignore[method-assign]
+        app.app_ctx_globals_class = _with_flagwire(app.app_ctx_globals_class)
 
     @staticmethod
     def binding(app: Flask) -> Binding:
@@ -140,50 +144,44 @@ class Flagwire:
         return binding
 
 
-def _current_request() -> Any:
+class _FlaskWsgi:
+    __slots__ = ("binding", "wsgi_app")
+
+    def __init__(self, wsgi_app: WSGIApp, binding: Binding) -> None:
+        self.wsgi_app = wsgi_app
+        self.binding = binding
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # Flask's own request ends when wsgi_app returns (it pops its context), except for
+        # stream_with_context bodies, which find the flags through the request context.
+        return handle(self.wsgi_app, self.binding, environ, start_response, wrap_body=False)
+
+
+def _flask_request(_: Any) -> Any:
     return request._get_current_object()  # type: ignore[attr-defined]
 
 
-def _before_request() -> None:
-    from flask import current_app
+def _with_flagwire(base: type[Any]) -> type[Any]:
+    """The app's ``g`` class, with ``g.flagwire`` giving the current request's flags."""
+    if getattr(base, "_flagwire_attribute", False):
+        return base
 
-    binding: Binding = current_app.extensions[EXTENSION_KEY]
-    request_flags = BoundRequestFlags(binding, None)
-    g.flagwire = request_flags
-    g._flagwire_token = _current.set(request_flags)
+    class FlagwireGlobals(base):  # type: ignore[misc]
+        _flagwire_attribute = True
 
+        @property
+        def flagwire(self) -> RequestFlags:
+            return current_flags()
 
-def _adapt(_: Any) -> Any:
-    return _current_request()
-
-
-def _after_request(response: Response) -> Response:
-    request_flags = g.get("flagwire")
-    if isinstance(request_flags, BoundRequestFlags) and request_flags.new_anonymous_id:
-        new_id = request_flags.new_anonymous_id
-        request_flags.new_anonymous_id = None
-        binding = request_flags._binding
-        response.headers.add(
-            "Set-Cookie", binding.set_cookie_value(new_id, secure=request.is_secure)
-        )
-    return response
-
-
-def _teardown_request(_: BaseException | None) -> None:
-    token: Token[RequestFlags | None] | None = g.pop("_flagwire_token", None)
-    if token is not None:
-        try:
-            _current.reset(token)
-        except ValueError:  # torn down in another context (e.g. a copied one)
-            _current.set(None)
+    FlagwireGlobals.__name__ = FlagwireGlobals.__qualname__ = base.__name__
+    return FlagwireGlobals
 
 
 def _flags_of_flask_request() -> RequestFlags | None:
-    # After Flask's teardown (e.g. while a stream_with_context body is produced), the
-    # request context is pushed again but flagwire's context variable is gone: find the
-    # request's flags on g.
+    # A stream_with_context body runs after flagwire's context variable was reset, with
+    # Flask's request context pushed again: the request's flags are in its environ.
     if has_request_context():
-        found = g.get("flagwire")
+        found = request.environ.get(ENVIRON_KEY)
         if isinstance(found, RequestFlags):
             return found
     return None

@@ -6,15 +6,14 @@
     app = FlagwireMiddleware(app, source=FileSource("flags.yaml"),
                              context=context.headers({"x-user-id": "targetingKey"}))
 
-Extractors receive the WSGI ``environ``. The request's flags stay current while the
-response body is iterated, and the anonymous-id cookie is added to the response headers.
+Extractors receive the WSGI ``environ``. The request's flags are current while the app
+runs and while it produces the response body (each step of it), and the anonymous-id
+cookie is added to the response headers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import suppress
-from contextvars import Token
 from types import TracebackType
 from typing import Any
 
@@ -23,7 +22,7 @@ from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, 
 from ._request import RequestFlags, _current
 from ._sources import Source
 
-__all__ = ["ENVIRON_KEY", "FlagwireMiddleware"]
+__all__ = ["ENVIRON_KEY", "FlagwireMiddleware", "handle"]
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -61,63 +60,82 @@ class FlagwireMiddleware:
         )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        flags = BoundRequestFlags(self.binding, environ)
-        environ[ENVIRON_KEY] = flags
-        token = _current.set(flags)
-        binding = self.binding
-
-        def start(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            new_id = flags.new_anonymous_id
-            if new_id is not None:
-                flags.new_anonymous_id = None
-                secure = environ.get("wsgi.url_scheme") == "https"
-                headers = [
-                    *headers,
-                    ("Set-Cookie", binding.set_cookie_value(new_id, secure=secure)),
-                ]
-            if exc_info is None:
-                return start_response(status, headers)
-            return start_response(status, headers, exc_info)
-
-        try:
-            body = self.app(environ, start if binding.cookie_name else start_response)
-        except BaseException:
-            _current.reset(token)
-            raise
-        return _ClosingBody(body, token)
+        return handle(self.app, self.binding, environ, start_response)
 
 
-class _ClosingBody:
-    """The app's response body, keeping the request's flags current until it is closed.
+def handle(
+    app: WSGIApp,
+    binding: Binding,
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    *,
+    wrap_body: bool = True,
+) -> Iterable[bytes]:
+    """Run one WSGI request with its own flags (shared by this module and the Flask
+    extension), at ``environ["flagwire.flags"]`` and current while the app runs and, with
+    ``wrap_body``, while it produces the body."""
+    flags = BoundRequestFlags(binding, environ)
+    environ[ENVIRON_KEY] = flags
+    token = _current.set(flags)
 
-    A class, not a generator: a server may close the body without iterating it, and the
-    app's ``close()`` and the reset of the flags must still happen (PEP 3333).
+    def start(
+        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        new_id = flags.new_anonymous_id
+        if new_id is not None:
+            flags.new_anonymous_id = None
+            secure = environ.get("wsgi.url_scheme") == "https"
+            headers = [*headers, ("Set-Cookie", binding.set_cookie_value(new_id, secure=secure))]
+        if exc_info is None:
+            return start_response(status, headers)
+        return start_response(status, headers, exc_info)
+
+    try:
+        body = app(environ, start if binding.cookie_name else start_response)
+    finally:
+        _current.reset(token)
+    return _FlagsBody(body, flags) if wrap_body else body
+
+
+class _FlagsBody:
+    """The app's response body, produced with the request's flags current.
+
+    The flags are made current around each step of the body and its ``close()``, not
+    left set between steps: a server or test client that never closes the body leaks
+    nothing into the thread. A class, not a generator, so ``close()`` reaches the app's
+    iterable even if the body was never iterated (PEP 3333).
     """
 
-    __slots__ = ("_body", "_closed", "_token")
+    __slots__ = ("_body", "_closed", "_flags")
 
-    def __init__(self, body: Iterable[bytes], token: Token[RequestFlags | None]) -> None:
+    def __init__(self, body: Iterable[bytes], flags: RequestFlags) -> None:
         self._body = body
-        self._token = token
+        self._flags = flags
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self._body
-        finally:  # exhausted (or abandoned): release now, the server's close() is a no-op
-            self.close()
+        flags = self._flags
+        iterator = None
+        while True:
+            token = _current.set(flags)
+            try:
+                if iterator is None:
+                    iterator = iter(self._body)
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                _current.reset(token)
+            yield chunk
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            token = _current.set(self._flags)  # the app's close() is the app's code too
+            try:
                 close()
-        finally:
-            # ValueError: closed in another context than the one that started it.
-            with suppress(ValueError):
-                _current.reset(self._token)
+            finally:
+                _current.reset(token)
