@@ -11,6 +11,7 @@ from ._assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reaso
 from ._definitions import FlagDefinition
 from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
 from ._flagset import FlagSet
+from ._propagation import KeyRing, Propagation, set_default_propagation
 from ._request import (
     RequestFlags,
     activate,
@@ -33,6 +34,8 @@ __all__ = [
     "FlagType",
     "FlagsetError",
     "FlagwireError",
+    "KeyRing",
+    "Propagation",
     "Reason",
     "RequestFlags",
     "Source",
@@ -44,5 +47,6 @@ __all__ = [
     "context",
     "current_flags",
     "default_source",
+    "set_default_propagation",
     "set_default_source",
 ]

@@ -25,6 +25,9 @@ class Reason(str, Enum):
     DEFAULT = "DEFAULT"
     DISABLED = "DISABLED"
     CACHED = "CACHED"
+    PROPAGATED = "PROPAGATED"
+    """flagwire: decided upstream and carried here in signed baggage (not an OpenFeature
+    reason; telemetry maps it to TARGETING_MATCH-like semantics)."""
     UNKNOWN = "UNKNOWN"
     ERROR = "ERROR"
 

@@ -105,6 +105,7 @@ class _CompiledFlag:
         "key",
         "matches",
         "metadata",
+        "propagated",
         "rule",
         "rule_error",
         "static_result",
@@ -144,6 +145,11 @@ class _CompiledFlag:
             for v, value in definition.variants.items()
             if v and value is not None
         }
+        # An upstream decision is honoured only for an enabled flag with that variant:
+        # a local kill switch (DISABLED) always wins.
+        self.propagated: dict[str, Assignment] = (
+            {} if self.disabled else {v: result(v, Reason.PROPAGATED)[0] for v in self.matches}
+        )
         dv = definition.default_variant
         self.default_result = result(dv, Reason.DEFAULT) if dv is not None else None
         self.static_result = result(dv, Reason.STATIC) if dv is not None else None
@@ -440,6 +446,12 @@ class FlagSet:
         if flag is None:
             return self._not_found(key, None)
         return flag.decide(context)
+
+    def propagated(self, key: str, variant: str) -> Assignment | None:
+        """The assignment for an upstream decision, if this flag set can honour it: the
+        flag exists here, is enabled, and has that variant."""
+        flag = self._flags.get(key)
+        return None if flag is None else flag.propagated.get(variant)
 
     def _not_found(self, key: str, default: Any) -> Assignment:
         return Assignment(

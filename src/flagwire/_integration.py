@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._flagset import FlagSet
+from ._propagation import PREFIX, Propagation, default_propagation
 from ._request import RequestFlags, default_source, set_default_source
 from ._sources import Source, as_source
-from .context import Extractor, compose, reads_raw, request_cookies, user
+from .context import Extractor, compose, header, reads_raw, request_cookies, user
 
 __all__ = ["Binding", "BoundRequestFlags", "ContextSpec"]
 
@@ -41,6 +42,9 @@ class Binding:
         cookie_max_age: The cookie's lifetime in seconds.
         make_default: Make ``source`` what :func:`current_flags` uses outside requests,
             if nothing else is.
+        propagation: How assignments travel between services in ``baggage``
+            (:class:`~flagwire.Propagation`); default: the process-wide one, configured
+            from ``$FLAGWIRE_PROPAGATION_KEYS``; ``False`` for none.
     """
 
     __slots__ = (
@@ -49,6 +53,7 @@ class Binding:
         "cookie_name",
         "extract",
         "fresh",
+        "propagation",
         "reads_raw",
         "source",
     )
@@ -61,8 +66,16 @@ class Binding:
         anonymous_cookie: str | None = DEFAULT_COOKIE,
         cookie_max_age: int = ONE_YEAR,
         make_default: bool = True,
+        propagation: Propagation | bool | None = None,
     ) -> None:
         self.source = as_source(source)
+        if propagation is None or propagation is True:
+            propagation = default_propagation()
+        self.propagation: Propagation | None = propagation or None
+        if self.propagation is not None:
+            self.propagation.explain_disabled()
+            if not self.propagation.enabled:
+                self.propagation = None
         if context is None:
             context = user()
         chain = tuple(context) if isinstance(context, Sequence) else (context,)
@@ -93,11 +106,29 @@ class BoundRequestFlags(RequestFlags):
     def __init__(self, binding: Binding, raw: Any) -> None:
         self.flagset = flagset = binding.source.flagset  # pinned for the whole request
         self._deciders = flagset._deciders
+        self._upstream = None
         self._context = None
         self._memo = {}
         self._binding = binding
         self._raw = raw
         self.new_anonymous_id: str | None = None
+
+    def _receive(self, propagation: Propagation, request: Any, context: dict[str, Any]) -> None:
+        """Honour a trusted upstream's assignments (and targeting key) from ``baggage``."""
+        raw = header(request, "baggage")
+        if not raw or PREFIX not in raw:
+            return
+        inbound = propagation.decode(raw)
+        if not inbound.trusted:
+            return
+        local = context.get("targetingKey")
+        if local and local != inbound.targeting_key:
+            # Decided for someone else than this request's subject: decide here instead.
+            logger.debug("flagwire: upstream assignments for another targeting key ignored")
+            return
+        if not local and inbound.targeting_key:
+            context["targetingKey"] = inbound.targeting_key
+        self._upstream = dict(inbound.assignments)
 
     def _new_anonymous_id(self, new_id: str) -> None:
         self.new_anonymous_id = new_id
@@ -125,6 +156,9 @@ class BoundRequestFlags(RequestFlags):
                     type(found).__name__,
                 )
             context = {}
+        propagation = binding.propagation
+        if propagation is not None:
+            self._receive(propagation, request, context)
         cookie_name = binding.cookie_name
         if cookie_name is None or context.get("targetingKey"):
             return context, None

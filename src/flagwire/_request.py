@@ -48,13 +48,20 @@ class RequestFlags:
         flagset: The flag set pinned for this request.
     """
 
-    __slots__ = ("_context", "_deciders", "_memo", "flagset")
+    __slots__ = ("_context", "_deciders", "_memo", "_upstream", "flagset")
 
-    def __init__(self, flagset: FlagSet, context: Context | None = None) -> None:
+    def __init__(
+        self,
+        flagset: FlagSet,
+        context: Context | None = None,
+        *,
+        upstream: Mapping[str, str] | None = None,
+    ) -> None:
         self.flagset = flagset
         self._deciders = flagset._deciders
         self._context: dict[str, Any] | None = {} if context is None else dict(context)
         self._memo: dict[str, Assignment] = {}
+        self._upstream = upstream
 
     def __contains__(self, key: object) -> bool:
         return key in self.flagset
@@ -105,6 +112,13 @@ class RequestFlags:
         context = self._context
         if context is None:
             context = self._ensure_context()
+        upstream = self._upstream
+        if upstream is not None:
+            variant = upstream.get(key)
+            if variant is not None:
+                honoured = self.flagset.propagated(key, variant)
+                if honoured is not None:
+                    return self._memo.setdefault(key, honoured)
         decide = self._deciders.get(key)
         decision = decide(context) if decide is not None else self.flagset.decide(key, context)
         # setdefault: if two threads of one request race, both keep the first decision.
@@ -152,6 +166,31 @@ class RequestFlags:
         """The flag's value if it is a JSON object or array, else ``default``."""
         value = (self._memo.get(key) or self._decide(key)).value
         return value if type(value) is dict or type(value) is list else default
+
+    @property
+    def upstream(self) -> Mapping[str, str]:
+        """Assignments received from a trusted upstream service (flag key -> variant)."""
+        self._ensure_context()
+        return MappingProxyType(dict(self._upstream or {}))
+
+    def outbound(self) -> tuple[dict[str, str], str | None, str]:
+        """What to send downstream: assignments, targeting key, flag-set version.
+
+        The assignments are the trusted upstream ones (so a later hop agrees with the
+        first even about flags this service never asked for) overlaid with this request's
+        own decisions that chose a variant.
+        """
+        context = self._ensure_context()
+        assignments = dict(self._upstream or {})
+        for key, decision in list(self._memo.items()):
+            if decision.variant is not None:
+                assignments[key] = decision.variant
+        targeting_key = context.get("targetingKey")
+        return (
+            assignments,
+            targeting_key if isinstance(targeting_key, str) else None,
+            self.flagset.version_label,
+        )
 
     def evaluated(self) -> Mapping[str, Assignment]:
         """The decisions this request made so far, by flag key (in the order made)."""

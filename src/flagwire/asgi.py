@@ -25,6 +25,7 @@ from typing import Any
 
 from ._flagset import FlagSet
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
+from ._propagation import Propagation
 from ._request import _current
 from ._sources import Source
 
@@ -55,6 +56,9 @@ class FlagwireMiddleware:
         anonymous_cookie: Cookie name for anonymous visitors' stable ``targetingKey``,
             or ``None`` for no cookie.
         cookie_max_age: The anonymous cookie's lifetime in seconds.
+        propagation: How assignments travel in ``baggage`` to and from other services
+            (:class:`~flagwire.Propagation`); default: from ``$FLAGWIRE_PROPAGATION_KEYS``;
+            ``False`` to neither honour nor send any.
     """
 
     def __init__(
@@ -65,10 +69,15 @@ class FlagwireMiddleware:
         context: ContextSpec = None,
         anonymous_cookie: str | None = DEFAULT_COOKIE,
         cookie_max_age: int = ONE_YEAR,
+        propagation: Propagation | bool | None = None,
     ) -> None:
         self.app = app
         self.binding = binding = Binding(
-            source, context, anonymous_cookie=anonymous_cookie, cookie_max_age=cookie_max_age
+            source,
+            context,
+            anonymous_cookie=anonymous_cookie,
+            cookie_max_age=cookie_max_age,
+            propagation=propagation,
         )
         if not binding.reads_raw:  # user extractors get a Starlette Request
             binding.adapt = Request

@@ -30,6 +30,7 @@ from typing import Any
 from ._errors import ConfigError
 from ._flagset import FlagSet
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, ContextSpec
+from ._propagation import Propagation
 from ._request import RequestFlags, add_resolver, current_flags
 from ._sources import FileSource, Source
 from .context import reads_environ
@@ -59,6 +60,9 @@ class Flagwire:
         anonymous_cookie: Cookie name for anonymous visitors' stable ``targetingKey``,
             or ``None`` for no cookie.
         cookie_max_age: The anonymous cookie's lifetime in seconds.
+        propagation: How assignments travel in ``baggage`` to and from other services
+            (:class:`~flagwire.Propagation`); default: from ``$FLAGWIRE_PROPAGATION_KEYS``;
+            ``False`` to neither honour nor send any.
     """
 
     def __init__(
@@ -69,12 +73,14 @@ class Flagwire:
         context: ContextSpec = None,
         anonymous_cookie: str | None = DEFAULT_COOKIE,
         cookie_max_age: int = ONE_YEAR,
+        propagation: Propagation | bool | None = None,
     ) -> None:
         self._defaults: dict[str, Any] = {
             "source": source,
             "context": context,
             "anonymous_cookie": anonymous_cookie,
             "cookie_max_age": cookie_max_age,
+            "propagation": propagation,
         }
         if app is not None:
             self.init_app(app)
@@ -87,6 +93,7 @@ class Flagwire:
         context: ContextSpec = None,
         anonymous_cookie: str | None = _UNSET,
         cookie_max_age: int = _UNSET,
+        propagation: Propagation | bool | None = None,
     ) -> None:
         """Register on an app; arguments given here override the constructor's.
 
@@ -119,6 +126,7 @@ class Flagwire:
             cookie_max_age=(
                 self._defaults["cookie_max_age"] if cookie_max_age is _UNSET else cookie_max_age
             ),
+            propagation=propagation if propagation is not None else self._defaults["propagation"],
         )
         # flagwire's own extractors read the WSGI environ directly; others get flask.request.
         binding.adapt = None if reads_environ(binding.extract) else _flask_request

@@ -1,0 +1,437 @@
+"""Flag assignments in W3C ``baggage``: encoding, signing, trust, destinations.
+
+A request's decisions travel to the services it calls as ``baggage`` list members that
+any OpenTelemetry SDK can read (encoding version 1)::
+
+    fw.ver=1                          encoding version
+    fw.tk=<targeting key>             the subject the decisions were made for
+    fw.fs=<flag-set version>          the deciding service's flag-set version
+    fw.exp=<unix seconds>             not honoured after this time
+    fw.f.<flag key>=<variant>         one member per assignment
+    fw.sig=<key id>.<HMAC>            HMAC-SHA256 over all of the above
+
+Keys and values are percent-encoded (RFC 3986 unreserved characters stay as they are, so
+``unquote``/``unquote_plus`` in any SDK give them back). The HMAC covers the version, the
+targeting key, the flag-set version, the expiry and every assignment, so none of them can
+be changed, added, removed or replayed for another subject. A receiver honours members only
+if one of its keys verifies them and they have not expired; everything else of flagwire's is
+dropped and not forwarded. Members that are not flagwire's are never touched.
+
+The sender keeps the header within flagwire's cap (bytes and members, inside the W3C limits
+of 8192 bytes and 180 members): when assignments do not fit, whole assignments are dropped
+in a deterministic order (by flag key, the last ones first) and counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import quote, unquote
+
+from ._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
+    "KeyRing",
+    "Propagated",
+    "Propagation",
+    "default_propagation",
+    "merge_baggage",
+    "set_default_propagation",
+    "split_baggage",
+]
+
+logger = logging.getLogger("flagwire")
+
+ENCODING_VERSION: Final = "1"
+PREFIX: Final = "fw."
+_FLAG: Final = "fw.f."
+W3C_MAX_BYTES: Final = 8192
+W3C_MAX_MEMBERS: Final = 180
+
+DEFAULT_ALLOWED_HOSTS: Final = (
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "*.internal",
+    "*.local",
+    "*.localdomain",
+    "*.svc",
+    "*.cluster.local",
+)
+"""Destinations that get flag baggage by default: loopback, single-label names (service
+names in Docker and Kubernetes) and cluster-internal domains. Anything else gets none."""
+
+KEYS_ENV: Final = "FLAGWIRE_PROPAGATION_KEYS"
+HOSTS_ENV: Final = "FLAGWIRE_PROPAGATION_HOSTS"
+
+# RFC 3986 unreserved characters survive; everything else is %XX (so "+" is never a space).
+_SAFE: Final = "-._~"
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~]*")
+
+
+def _encode(text: str) -> str:
+    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
+
+
+def _decode(text: str) -> str:
+    return unquote(text) if "%" in text else text
+
+
+class KeyRing:
+    """Shared secrets for signing propagated assignments.
+
+    The first key signs; every key verifies, so keys can be rotated: add the new key
+    second everywhere, then move it first, then remove the old one.
+
+    Args:
+        keys: The secrets (at least 16 bytes each is sensible).
+
+    Raises:
+        ConfigError: No keys, or an empty key.
+    """
+
+    __slots__ = ("_by_id", "_signing")
+
+    def __init__(self, keys: Iterable[str | bytes]) -> None:
+        secrets = [k.encode() if isinstance(k, str) else bytes(k) for k in keys]
+        if not secrets or any(not k for k in secrets):
+            raise ConfigError("a propagation key ring needs at least one non-empty key")
+        ids = [self._key_id(k) for k in secrets]
+        self._signing = (ids[0], secrets[0])
+        self._by_id: dict[str, list[bytes]] = {}
+        for kid, secret in zip(ids, secrets, strict=True):
+            self._by_id.setdefault(kid, []).append(secret)
+
+    @staticmethod
+    def _key_id(secret: bytes) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(secret).digest()[:3]).decode()
+
+    @classmethod
+    def from_env(cls, variable: str = KEYS_ENV) -> KeyRing | None:
+        """The key ring in ``$FLAGWIRE_PROPAGATION_KEYS`` (comma-separated), or None."""
+        raw = os.environ.get(variable, "")
+        keys = [k.strip() for k in raw.split(",") if k.strip()]
+        return cls(keys) if keys else None
+
+    def sign(self, message: bytes) -> str:
+        kid, secret = self._signing
+        mac = hmac.digest(secret, message, "sha256")
+        return f"{kid}.{base64.urlsafe_b64encode(mac[:16]).decode().rstrip('=')}"
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        kid, _, mac = signature.partition(".")
+        for secret in self._by_id.get(kid, ()):
+            expected = base64.urlsafe_b64encode(hmac.digest(secret, message, "sha256")[:16])
+            if hmac.compare_digest(expected.decode().rstrip("="), mac):
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"<KeyRing signing={self._signing[0]} keys={sum(map(len, self._by_id.values()))}>"
+
+
+def _message(
+    targeting_key: str, version: str, expires: int, items: Sequence[tuple[str, str]]
+) -> bytes:
+    lines = [ENCODING_VERSION, targeting_key, version, str(expires)]
+    lines.extend(f"{k}={v}" for k, v in items)
+    return "\n".join(lines).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Propagated:
+    """What an inbound ``baggage`` header carried of flagwire's.
+
+    Attributes:
+        assignments: Flag key -> variant, empty unless ``trusted``.
+        targeting_key: The subject's targeting key, ``None`` unless ``trusted``.
+        version: The sender's flag-set version.
+        trusted: The members verified against a key and had not expired.
+        problem: Why flagwire members were present but not trusted (``None`` if none).
+    """
+
+    assignments: Mapping[str, str] = field(default_factory=dict)
+    targeting_key: str | None = None
+    version: str | None = None
+    trusted: bool = False
+    problem: str | None = None
+
+
+_NOTHING: Final = Propagated()
+
+
+def split_baggage(header: str) -> list[str]:
+    """The list members of a ``baggage`` header, as written (empty ones dropped)."""
+    return [m.strip(" \t") for m in header.split(",") if m.strip(" \t")]
+
+
+def merge_baggage(existing: str | None, ours: Sequence[str]) -> str | None:
+    """``existing`` without any flagwire member, plus ``ours`` (which may be empty)."""
+    kept = [
+        member
+        for member in (split_baggage(existing) if existing else ())
+        if not member.startswith(PREFIX)
+    ]
+    merged = kept + list(ours)
+    return ",".join(merged) if merged else None
+
+
+class _RateLimitedLog:
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self.count = 0
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str, *args: object) -> None:
+        with self._lock:
+            self.count += 1
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+            count = self.count
+        logger.warning(message + " (%d so far)", *args, count)
+
+
+class Propagation:
+    """How a service sends and receives flag assignments in ``baggage``.
+
+    Args:
+        keys: A :class:`KeyRing`, a list of secrets, or ``None`` to read
+            ``$FLAGWIRE_PROPAGATION_KEYS``. Without keys nothing is sent and nothing
+            received is honoured (and the first use logs how to enable it).
+        allowed_hosts: Host patterns (``fnmatch``; ``*.internal``, ``payments``,
+            ``10.*``) that get flag baggage; default ``$FLAGWIRE_PROPAGATION_HOSTS``
+            (comma-separated) or :data:`DEFAULT_ALLOWED_HOSTS`. Single-label host names
+            (``payments``) are always allowed unless ``allow_single_label=False``.
+        ttl: Seconds a sent assignment stays valid (a bound on replay).
+        max_bytes: flagwire's cap on the whole header it writes (at most 8192).
+        max_members: flagwire's cap on its members (the W3C limit is 180 for all).
+        clock: Seconds since the epoch (tests).
+    """
+
+    def __init__(
+        self,
+        keys: KeyRing | Sequence[str | bytes] | None = None,
+        *,
+        allowed_hosts: Sequence[str] | None = None,
+        allow_single_label: bool = True,
+        ttl: int = 300,
+        max_bytes: int = 4096,
+        max_members: int = 64,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if keys is None:
+            self.keys = KeyRing.from_env()
+        elif isinstance(keys, KeyRing):
+            self.keys = keys
+        else:
+            self.keys = KeyRing(keys)
+        if allowed_hosts is None:
+            env = os.environ.get(HOSTS_ENV, "")
+            allowed_hosts = [h.strip() for h in env.split(",") if h.strip()] or list(
+                DEFAULT_ALLOWED_HOSTS
+            )
+        if not 0 < max_bytes <= W3C_MAX_BYTES or not 5 < max_members <= W3C_MAX_MEMBERS:
+            raise ConfigError(
+                f"propagation caps must be within the W3C limits ({W3C_MAX_BYTES} bytes, "
+                f"{W3C_MAX_MEMBERS} members) and leave room for the header members"
+            )
+        self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
+        self.allow_single_label = allow_single_label
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.max_members = max_members
+        self.clock = clock
+        self.dropped = 0
+        """Assignments left out of outbound headers because of the caps (a counter)."""
+        self.rejected = 0
+        """Inbound headers whose flagwire members were not trusted (a counter)."""
+        self._warn = _RateLimitedLog()
+        self._allowed_cache: dict[str, bool] = {}
+        self._told_disabled = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there are keys (else nothing is sent or honoured)."""
+        return self.keys is not None
+
+    def explain_disabled(self) -> None:
+        """Log once that propagation is off, and how to turn it on."""
+        if self.keys is None and not self._told_disabled:
+            self._told_disabled = True
+            logger.warning(
+                "flagwire: flag propagation is off: no keys. Set %s (comma-separated "
+                "secrets, the same on every service) or pass Propagation(keys=[...]) to "
+                "send signed assignments to downstream services and honour upstream ones.",
+                KEYS_ENV,
+            )
+
+    # -- destinations ----------------------------------------------------------------------
+
+    def allows(self, host: str | None) -> bool:
+        """Whether a destination host (``host`` or ``host:port``) gets flag baggage."""
+        if not host:
+            return False
+        cached = self._allowed_cache.get(host)
+        if cached is not None:
+            return cached
+        name = host.lower()
+        if name.startswith("["):  # [::1]:8080
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.split(":", 1)[0]
+        allowed = any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_hosts)
+        if not allowed and self.allow_single_label and "." not in name and ":" not in name:
+            allowed = bool(name) and not _is_ip(name)
+        if len(self._allowed_cache) < 4096:
+            self._allowed_cache[host] = allowed
+        return allowed
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def encode(
+        self, assignments: Mapping[str, str], targeting_key: str | None, version: str
+    ) -> list[str]:
+        """The ``baggage`` list members for these assignments (signed), or ``[]``.
+
+        Nothing is sent without keys or without a targeting key. Assignments that do not
+        fit flagwire's caps are dropped whole, the last flag keys first, and counted.
+        """
+        if self.keys is None or not targeting_key or not assignments:
+            return []
+        expires = int(self.clock()) + self.ttl
+        head = [
+            f"fw.ver={ENCODING_VERSION}",
+            f"fw.tk={_encode(targeting_key)}",
+            f"fw.fs={_encode(version)}",
+            f"fw.exp={expires}",
+        ]
+        items = sorted(assignments.items())
+        encoded = [f"{_FLAG}{_encode(k)}={_encode(v)}" for k, v in items]
+        # the signature member is "fw.sig=" + 4-char id + "." + 22 chars
+        budget = self.max_bytes - sum(len(m) + 1 for m in head) - 34
+        room = self.max_members - len(head) - 1
+        keep = 0
+        used = 0
+        for member in encoded:
+            if keep >= room or used + len(member) + 1 > budget:
+                break
+            used += len(member) + 1
+            keep += 1
+        if keep < len(items):
+            self.dropped += len(items) - keep
+            self._warn(
+                "flagwire: %d assignments did not fit the baggage caps and were not sent",
+                len(items) - keep,
+            )
+            items, encoded = items[:keep], encoded[:keep]
+        signature = self.keys.sign(_message(targeting_key, version, expires, items))
+        return [*head, *encoded, f"fw.sig={signature}"]
+
+    def header(
+        self,
+        assignments: Mapping[str, str],
+        targeting_key: str | None,
+        version: str,
+        existing: str | None = None,
+    ) -> str | None:
+        """A whole ``baggage`` value: ``existing`` (minus any flagwire members) plus ours."""
+        return merge_baggage(existing, self.encode(assignments, targeting_key, version))
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    def decode(self, header: str | None) -> Propagated:
+        """flagwire's part of an inbound ``baggage`` header, verified.
+
+        Never raises: a malformed, oversized, unsigned, badly signed or expired header gives
+        an untrusted result (counted, and logged at most once a minute).
+        """
+        if not header or PREFIX not in header:
+            return _NOTHING
+        if len(header) > W3C_MAX_BYTES:
+            return self._reject("an oversized baggage header")
+        fields: dict[str, str] = {}
+        flags: dict[str, str] = {}
+        for member in header.split(","):
+            member = member.strip(" \t")
+            if not member.startswith(PREFIX):
+                continue
+            key, sep, value = member.partition("=")
+            if not sep:
+                return self._reject("a malformed flagwire baggage member")
+            value = value.split(";", 1)[0].strip(" \t")  # properties are not ours
+            key = key.strip(" \t")
+            if key.startswith(_FLAG):
+                name = _decode(key[len(_FLAG) :])
+                if name in flags:
+                    return self._reject("a repeated flagwire assignment")
+                flags[name] = _decode(value)
+            elif key in fields:
+                return self._reject("a repeated flagwire baggage member")
+            else:
+                fields[key] = value
+        if self.keys is None:
+            self.explain_disabled()
+            return Propagated(problem="no propagation keys")
+        signature = fields.get("fw.sig")
+        if fields.get("fw.ver") != ENCODING_VERSION or not signature:
+            return self._reject("unsigned or unknown-version flagwire baggage")
+        try:
+            expires = int(fields.get("fw.exp", ""))
+        except ValueError:
+            return self._reject("flagwire baggage without a valid expiry")
+        targeting_key = _decode(fields.get("fw.tk", ""))
+        version = _decode(fields.get("fw.fs", ""))
+        items = sorted(flags.items())
+        if not self.keys.verify(_message(targeting_key, version, expires, items), signature):
+            return self._reject("flagwire baggage with a bad signature")
+        if expires < self.clock():
+            return self._reject("expired flagwire baggage")
+        return Propagated(flags, targeting_key or None, version or None, True)
+
+    def _reject(self, what: str) -> Propagated:
+        self.rejected += 1
+        self._warn("flagwire: ignored %s from upstream", what)
+        return Propagated(problem=what)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+_default: Propagation | None = None
+_default_lock = threading.Lock()
+
+
+def default_propagation() -> Propagation:
+    """The process-wide :class:`Propagation` (from the environment unless set)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Propagation()
+    return _default
+
+
+def set_default_propagation(propagation: Propagation | None) -> None:
+    """Set the process-wide :class:`Propagation` (``None``: read the environment again)."""
+    global _default
+    _default = propagation

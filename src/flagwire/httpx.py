@@ -1,0 +1,70 @@
+"""Send the request's flags with httpx, without OpenTelemetry.
+
+::
+
+    import httpx
+    from flagwire.httpx import FlagwireTransport, AsyncFlagwireTransport
+
+    client = httpx.Client(transport=FlagwireTransport())
+    aclient = httpx.AsyncClient(transport=AsyncFlagwireTransport())
+
+or, as event hooks: ``httpx.Client(event_hooks={"request": [request_hook]})`` and
+``httpx.AsyncClient(event_hooks={"request": [async_request_hook]})``.
+
+Only destinations the :class:`~flagwire.Propagation` allows get flagwire's members; the
+app's own ``baggage`` members always pass.
+"""
+
+from __future__ import annotations
+
+from .propagation import outbound_baggage
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("flagwire.httpx needs httpx: pip install httpx") from exc
+
+__all__ = ["AsyncFlagwireTransport", "FlagwireTransport", "async_request_hook", "request_hook"]
+
+
+def request_hook(request: httpx.Request) -> None:
+    """An httpx request event hook adding the current request's flags to ``baggage``."""
+    existing = request.headers.get("baggage")
+    value = outbound_baggage(request.url.host, existing)
+    if value is not None:
+        request.headers["baggage"] = value
+    elif existing is not None:
+        del request.headers["baggage"]
+
+
+async def async_request_hook(request: httpx.Request) -> None:
+    """:func:`request_hook` for ``httpx.AsyncClient``."""
+    request_hook(request)
+
+
+class FlagwireTransport(httpx.BaseTransport):
+    """Wraps a transport (default ``httpx.HTTPTransport()``) to add the flags."""
+
+    def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
+        self._transport = transport or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request_hook(request)
+        return self._transport.handle_request(request)
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class AsyncFlagwireTransport(httpx.AsyncBaseTransport):
+    """Wraps an async transport (default ``httpx.AsyncHTTPTransport()``) to add the flags."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._transport = transport or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request_hook(request)
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()

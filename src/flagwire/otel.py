@@ -1,0 +1,118 @@
+"""flagwire's OpenTelemetry propagator: the request's flags in OTel-propagated ``baggage``.
+
+With OpenTelemetry's HTTP client instrumentation (httpx, requests, aiohttp, ...) doing the
+outbound propagation, add flagwire after the W3C baggage propagator::
+
+    from flagwire.otel import install_propagator
+    install_propagator()      # tracecontext, baggage, flagwire
+
+or ``OTEL_PROPAGATORS=tracecontext,baggage,flagwire`` (flagwire registers the
+``opentelemetry_propagator`` entry point ``flagwire``). On each outgoing request the
+propagator rewrites ``baggage``: it removes every ``fw.*`` member the baggage propagator
+copied from the context (an upstream's, trusted or forged) and, if the destination is
+allowed, adds the current request's signed assignments. The destination is read from the
+request's ``Host`` header or the client span's attributes (``server.address``,
+``url.full``, ...); with neither — an unsampled span and a client that sets no ``Host`` —
+nothing is sent. Inbound assignments are read by flagwire's middleware, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from .propagation import outbound_baggage
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.context import Context
+    from opentelemetry.propagate import set_global_textmap
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.propagators.textmap import (
+        CarrierT,
+        Getter,
+        Setter,
+        TextMapPropagator,
+        default_getter,
+        default_setter,
+    )
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("flagwire.otel needs OpenTelemetry: pip install 'flagwire[otel]'") from exc
+
+__all__ = ["FlagwirePropagator", "install_propagator"]
+
+_URL_ATTRIBUTES = ("url.full", "http.url")
+_HOST_ATTRIBUTES = ("server.address", "net.peer.name", "http.host")
+
+
+def _destination(carrier: Any) -> str | None:
+    if isinstance(carrier, Mapping) or hasattr(carrier, "get"):
+        try:
+            host = carrier.get("host") or carrier.get("Host")
+        except Exception:  # an exotic carrier: fall back to the span
+            host = None
+        if isinstance(host, bytes):
+            host = host.decode("latin-1")
+        if host:
+            return str(host)
+    attributes = getattr(trace.get_current_span(), "attributes", None) or {}
+    for name in _HOST_ATTRIBUTES:
+        value = attributes.get(name)
+        if value:
+            return str(value)
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if value:
+            return urlsplit(str(value)).hostname
+    return None
+
+
+class FlagwirePropagator(TextMapPropagator):
+    """Adds the current request's assignments to ``baggage`` for allowed destinations."""
+
+    def extract(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        from opentelemetry.context import get_current
+
+        return context if context is not None else get_current()
+
+    def inject(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        setter: Setter[CarrierT] = default_setter,
+    ) -> None:
+        try:
+            existing = carrier.get("baggage")  # type: ignore[attr-defined]
+        except Exception:
+            existing = None
+        if isinstance(existing, list):
+            existing = ",".join(existing)
+        value = outbound_baggage(_destination(carrier), existing)
+        if value is not None:
+            setter.set(carrier, "baggage", value)
+        elif existing:
+            try:
+                del carrier["baggage"]  # type: ignore[attr-defined]
+            except Exception:
+                setter.set(carrier, "baggage", "")
+
+    @property
+    def fields(self) -> set[str]:
+        return {"baggage"}
+
+
+def install_propagator() -> None:
+    """Set OpenTelemetry's global propagator to tracecontext, baggage, flagwire."""
+    set_global_textmap(
+        CompositePropagator(
+            [TraceContextTextMapPropagator(), W3CBaggagePropagator(), FlagwirePropagator()]
+        )
+    )

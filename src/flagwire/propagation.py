@@ -1,0 +1,158 @@
+"""Carry a request's flags to the services and jobs it calls.
+
+Configure once per process (or let the middleware read ``$FLAGWIRE_PROPAGATION_KEYS``)::
+
+    import flagwire
+
+    propagation = flagwire.Propagation(keys=["..."], allowed_hosts=["*.internal"])
+    flagwire.set_default_propagation(propagation)
+
+Outbound HTTP: with OpenTelemetry's instrumentation, add flagwire's propagator
+(:mod:`flagwire.otel`); without it, use :mod:`flagwire.httpx` or :mod:`flagwire.requests`;
+or call :func:`outbound_baggage` yourself. Work that leaves the request: :func:`bind` for
+threads and tasks, :func:`job_headers` / :func:`flags_from_headers` for queued jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from ._flagset import FlagSet
+from ._propagation import (
+    DEFAULT_ALLOWED_HOSTS,
+    KeyRing,
+    Propagated,
+    Propagation,
+    default_propagation,
+    merge_baggage,
+    set_default_propagation,
+)
+from ._request import RequestFlags, activate, current_flags
+from ._sources import Source
+
+__all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
+    "KeyRing",
+    "Propagated",
+    "Propagation",
+    "bind",
+    "default_propagation",
+    "flags_from_headers",
+    "host_of",
+    "inject",
+    "job_headers",
+    "outbound_baggage",
+    "set_default_propagation",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def host_of(destination: str | None) -> str | None:
+    """The host of a URL (``http://payments:8000/x`` -> ``payments``), or the host given."""
+    if not destination:
+        return None
+    if "://" in destination:
+        return urlsplit(destination).hostname
+    return destination
+
+
+def outbound_baggage(
+    destination: str | None,
+    existing: str | None = None,
+    *,
+    flags: RequestFlags | None = None,
+    propagation: Propagation | None = None,
+) -> str | None:
+    """The ``baggage`` value for a request to ``destination`` (a URL or a host).
+
+    ``existing`` (the app's own baggage) keeps every member that is not flagwire's. An
+    allowed destination also gets the current request's signed assignments; any other gets
+    no flagwire member at all. ``None`` means: send no ``baggage`` header.
+    """
+    propagation = propagation or default_propagation()
+    ours: list[str] = []
+    if propagation.enabled and propagation.allows(host_of(destination)):
+        assignments, targeting_key, version = (flags or current_flags()).outbound()
+        ours = propagation.encode(assignments, targeting_key, version)
+    return merge_baggage(existing, ours)
+
+
+def inject(
+    headers: MutableMapping[str, str],
+    destination: str | None,
+    *,
+    flags: RequestFlags | None = None,
+    propagation: Propagation | None = None,
+) -> None:
+    """Set (or remove) the ``baggage`` header of an outgoing request, in place."""
+    existing = headers.get("baggage")
+    value = outbound_baggage(destination, existing, flags=flags, propagation=propagation)
+    if value is not None:
+        headers["baggage"] = value
+    elif existing is not None:
+        del headers["baggage"]
+
+
+def job_headers(
+    flags: RequestFlags | None = None, *, propagation: Propagation | None = None
+) -> dict[str, str]:
+    """Headers to enqueue with a job, so the worker decides like this request did.
+
+    No destination check: a queue is yours. Empty without keys or without decisions.
+    """
+    propagation = propagation or default_propagation()
+    assignments, targeting_key, version = (flags or current_flags()).outbound()
+    value = merge_baggage(None, propagation.encode(assignments, targeting_key, version))
+    return {"baggage": value} if value else {}
+
+
+def flags_from_headers(
+    headers: Mapping[str, str],
+    source: Source | FlagSet,
+    context: Mapping[str, Any] | None = None,
+    *,
+    propagation: Propagation | None = None,
+) -> RequestFlags:
+    """A worker's flags for a job enqueued with :func:`job_headers`.
+
+    Trusted assignments are honoured (for flags this flag set has, enabled, with that
+    variant); the targeting key is restored unless ``context`` has one.
+    """
+    propagation = propagation or default_propagation()
+    raw = next((v for k, v in headers.items() if k.lower() == "baggage"), None)
+    inbound = propagation.decode(raw)
+    flagset = source if isinstance(source, FlagSet) else source.flagset
+    merged = dict(context or {})
+    if inbound.trusted and inbound.targeting_key and not merged.get("targetingKey"):
+        merged["targetingKey"] = inbound.targeting_key
+    honour = inbound.trusted and merged.get("targetingKey") == inbound.targeting_key
+    return RequestFlags(flagset, merged, upstream=inbound.assignments if honour else None)
+
+
+def bind(fn: F) -> F:
+    """``fn`` running with the current request's flags, wherever it is called later.
+
+    For thread pools, ``loop.run_in_executor``, callbacks: ``pool.submit(bind(work))``.
+    Works for plain and ``async`` functions (asyncio tasks already inherit the flags).
+    """
+    flags = current_flags()
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            with activate(flags):
+                return await fn(*args, **kwargs)
+
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with activate(flags):
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
