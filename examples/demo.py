@@ -1,18 +1,24 @@
-"""flagwire demo: two real services, one flag file, flags in every response.
+"""flagwire demo: a gateway and a service, two flag files, one answer per user.
 
-    python examples/demo.py [FLAGS_FILE]
+    python examples/demo.py
 
-Starts the FastAPI example under uvicorn and the Flask example under gunicorn, on
-loopback ports, both reading ``examples/flags.yaml``. Then it sends requests for a set of
-users to both and prints what each service decided for each user, shows an anonymous
-visitor keeping its bucket through flagwire's cookie, and measures the canary's share
-over a thousand users. The servers are stopped at the end.
+Starts the Flask service (examples/flask_app.py) under gunicorn on
+``examples/flags-service.yaml`` and the FastAPI gateway (examples/gateway.py) under
+uvicorn on ``examples/flags.yaml``, on loopback ports, with a shared propagation key.
+The two files roll the same flags out differently (the service's copy is mid-rollout), as
+happens while a change spreads. For each user the gateway decides, calls the service,
+and the service honours the gateway's decisions from the signed ``baggage``: the demo
+prints both services' variants per user, counts the users whose variants differ between
+the hops (0), and how many would have differed had each service decided alone. Then it
+shows an anonymous visitor keeping its bucket, and the rollout shares over a thousand
+users. The servers are stopped at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -81,79 +87,73 @@ def cell(body: dict[str, Any]) -> str:
     return f"{checkout:>3} {body['ranking']:<7} {'banner' if body['eu_banner'] else '-':<6}"
 
 
-async def traffic(services: dict[str, str]) -> None:
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        print(f"{'user':8} {'plan':11} {'country':7}  " + "  ".join(f"{n:<18}" for n in services))
-        print("-" * (30 + 20 * len(services)))
-        disagreements = 0
+async def traffic(gateway: str, service: str) -> None:
+    async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
+        print(
+            f"{'user':8} {'plan':11} {'country':7}  {'gateway':<20}{'service':<20}reason at service"
+        )
+        print("-" * 88)
         for user in USERS:
-            bodies = [
-                (await client.get(f"{url}/checkout", headers=user)).json()
-                for url in services.values()
-            ]
-            if len({cell(b) for b in bodies}) > 1:
-                disagreements += 1
+            body = (await client.get(f"{gateway}/checkout", headers=user)).json()
+            reasons = sorted(set(body["service"]["reasons"].values()))
             print(
                 f"{user['x-user-id']:8} {user['x-plan']:11} {user['x-country']:7}  "
-                + "  ".join(f"{cell(b):<18}" for b in bodies)
+                f"{cell(body['gateway']):<20}{cell(body['service']):<20}{', '.join(reasons)}"
             )
-        version = bodies[0]["version"]
-        print(f"\nflag-set version on both services: {version}")
-        print(f"users whose flags differ between the services: {disagreements} of {len(USERS)}")
+        print(
+            f"\nflag-set versions: gateway {body['gateway']['version']}, "
+            f"service {body['service']['version']}"
+        )
+
+        population = [
+            {"x-user-id": f"user-{i}", "x-plan": "free", "x-country": "DE"} for i in range(1000)
+        ]
+        differ = alone = 0
+        checkout_on = 0
+        ranking: Counter[str] = Counter()
+        for start in range(0, len(population), 50):
+            batch = population[start : start + 50]
+            through = await asyncio.gather(
+                *(client.get(f"{gateway}/checkout", headers=u) for u in batch)
+            )
+            direct = await asyncio.gather(
+                *(client.get(f"{service}/checkout", headers=u) for u in batch)
+            )
+            for via_gateway, service_alone in zip(through, direct, strict=True):
+                hop = via_gateway.json()
+                if cell(hop["gateway"]) != cell(hop["service"]):
+                    differ += 1
+                if cell(hop["gateway"]) != cell(service_alone.json()):
+                    alone += 1
+                checkout_on += hop["gateway"]["new_checkout"]
+                ranking[hop["gateway"]["ranking"]] += 1
+        n = len(population)
+        print(f"\n{n} users through gateway -> service:")
+        print(f"  users whose variants differ between the two hops: {differ}")
+        print(f"  users who would differ had the service decided alone: {alone}")
+        print(f"  new-checkout canary (gateway: 20% configured): {checkout_on / n:.1%} on")
+        shares = ", ".join(f"{k} {v / n:.1%}" for k, v in sorted(ranking.items()))
+        print(f"  search-ranking (gateway: 50/25/25 configured): {shares}")
 
     print("\nan anonymous visitor (no user id) keeps its bucket through the flagwire_id cookie:")
-    for name, url in services.items():
-        async with httpx.AsyncClient(timeout=10.0) as visitor:
-            seen = [(await visitor.get(f"{url}/checkout")).json() for _ in range(5)]
-        ids = {body["user"] for body in seen}
-        rankings = {body["ranking"] for body in seen}
-        print(f"  {name}: 5 requests, ids {sorted(ids)}, rankings {sorted(rankings)}")
-
-    population = 1000
-    url = next(iter(services.values()))
-    async with httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=10)) as client:
-        bodies = await asyncio.gather(
-            *(
-                client.get(f"{url}/checkout", headers={"x-user-id": f"user-{i}", "x-plan": "free"})
-                for i in range(population)
-            )
-        )
-    checkout = Counter(b.json()["new_checkout"] for b in bodies)
-    ranking = Counter(b.json()["ranking"] for b in bodies)
-    print(f"\n{population} free-plan users against {next(iter(services))}:")
-    print(f"  new-checkout canary (20% configured): {checkout[True] / population:.1%} on")
-    shares = ", ".join(f"{k} {v / population:.1%}" for k, v in sorted(ranking.items()))
-    print(f"  search-ranking (50/25/25 configured): {shares}")
+    async with httpx.AsyncClient(timeout=10.0, trust_env=False) as visitor:
+        seen = [(await visitor.get(f"{gateway}/checkout")).json() for _ in range(5)]
+    ids = {body["gateway"]["user"] for body in seen}
+    same = all(cell(b["gateway"]) == cell(b["service"]) for b in seen)
+    print(f"  5 requests: ids {sorted(ids)}, same variants on both hops every time: {same}")
 
 
 def main() -> int:
-    flags = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else HERE / "flags.yaml"
-    env = {**os.environ, "FLAGWIRE_FLAGS": str(flags)}
-    fastapi_port, flask_port = free_port(), free_port()
-    services = {
-        "fastapi (uvicorn)": f"http://127.0.0.1:{fastapi_port}",
-        "flask (gunicorn)": f"http://127.0.0.1:{flask_port}",
+    env = {
+        **os.environ,
+        # One secret for both services; in production, a real secret from your vault.
+        "FLAGWIRE_PROPAGATION_KEYS": secrets.token_urlsafe(32),
     }
-    print(f"flag file: {flags}\n")
+    gateway_port, service_port = free_port(), free_port()
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    service = f"http://127.0.0.1:{service_port}"
+    print("gateway flags: examples/flags.yaml; service flags: examples/flags-service.yaml\n")
     with ExitStack() as stack:
-        start(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "fastapi_app:app",
-                "--app-dir",
-                str(HERE),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(fastapi_port),
-                "--log-level",
-                "warning",
-            ],
-            env,
-            stack,
-        )
         start(
             [
                 sys.executable,
@@ -162,19 +162,37 @@ def main() -> int:
                 "--chdir",
                 str(HERE),
                 "-b",
-                f"127.0.0.1:{flask_port}",
+                f"127.0.0.1:{service_port}",
                 "--threads",
-                "4",
+                "8",
                 "--log-level",
                 "warning",
                 "flask_app:app",
             ],
-            env,
+            {**env, "FLAGWIRE_FLAGS": str(HERE / "flags-service.yaml")},
             stack,
         )
-        for url in services.values():
+        start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway:app",
+                "--app-dir",
+                str(HERE),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gateway_port),
+                "--log-level",
+                "warning",
+            ],
+            {**env, "FLAGWIRE_FLAGS": str(HERE / "flags.yaml"), "SERVICE_URL": service},
+            stack,
+        )
+        for url in (service, gateway):
             wait_ready(f"{url}/healthz")
-        asyncio.run(traffic(services))
+        asyncio.run(traffic(gateway, service))
     return 0
 
 

@@ -50,6 +50,7 @@ async def checkout(flags: Flags) -> dict[str, Any]:
         "eu_banner": flags.boolean("eu-banner", False),
         "version": flags.flagset.version_label,
         "decided": {k: a.variant for k, a in flags.evaluated().items()},
+        "reasons": {k: a.reason.value for k, a in flags.evaluated().items()},
     }
 
 

@@ -1,0 +1,68 @@
+"""A FastAPI gateway that calls the Flask service, with flagwire on both.
+
+Run it (with the Flask service on port 8001 and the same key on both):
+
+    export FLAGWIRE_PROPAGATION_KEYS=change-me-to-a-long-random-secret
+    gunicorn --chdir examples -b 127.0.0.1:8001 flask_app:app &
+    SERVICE_URL=http://127.0.0.1:8001 uvicorn gateway:app --app-dir examples --port 8000
+    curl -H 'x-user-id: alice' localhost:8000/checkout
+
+The gateway decides its flags and sends the decisions, signed, in the ``baggage`` of its
+call to the service (flagwire's httpx transport), so the service gives the user the same
+variants even where its own flag file rolls the flag out differently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from flagwire import FileSource, context
+from flagwire.fastapi import Flags, FlagwireMiddleware
+from flagwire.httpx import AsyncFlagwireTransport
+
+FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
+SERVICE_URL = os.environ.get("SERVICE_URL", "http://127.0.0.1:8001")
+
+source = FileSource(FLAGS)
+app = FastAPI(title="flagwire gateway example")
+app.add_middleware(
+    FlagwireMiddleware,
+    source=source,
+    context=context.headers(
+        {
+            "x-user-id": "targetingKey",
+            "x-plan": "plan",
+            "x-country": "country",
+            "x-app-version": "appVersion",
+        }
+    ),
+)
+client = httpx.AsyncClient(transport=AsyncFlagwireTransport(), timeout=10.0)
+
+
+@app.get("/checkout")
+async def checkout(flags: Flags) -> dict[str, Any]:
+    """The gateway's decisions, and the service's answer for the same user."""
+    mine = {
+        "service": "gateway",
+        "user": flags.context.get("targetingKey"),
+        "new_checkout": flags.boolean("new-checkout", False),
+        "ranking": flags.string("search-ranking", "classic"),
+        "eu_banner": flags.boolean("eu-banner", False),
+        "version": flags.flagset.version_label,
+    }
+    # Only the assignments travel: the service gets no user headers from us.
+    downstream = await client.get(f"{SERVICE_URL}/checkout")
+    return {"gateway": mine, "service": downstream.json()}
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    """The flag source's health."""
+    status = source.status
+    return {"ok": status.ok, "flags_version": status.version, "error": status.last_error}
