@@ -246,6 +246,11 @@ def _expected(flagset: FlagSet, user: Mapping[str, str], framework: str) -> dict
             "search-ranking": ranking.variant,
             "eu-banner": eu_banner.variant,
         },
+        "reasons": {
+            "new-checkout": new_checkout.reason.value,
+            "search-ranking": ranking.reason.value,
+            "eu-banner": eu_banner.reason.value,
+        },
     }
 
 
