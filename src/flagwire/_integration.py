@@ -16,6 +16,7 @@ from ._flagset import FlagSet
 from ._propagation import PREFIX, Propagation, default_propagation
 from ._request import RequestFlags, default_source, set_default_source
 from ._sources import Source, as_source
+from ._telemetry import RequestRecord, Telemetry, record_all
 from .context import Extractor, compose, header, reads_raw, request_cookies, user
 
 __all__ = ["Binding", "BoundRequestFlags", "ContextSpec"]
@@ -45,6 +46,9 @@ class Binding:
         propagation: How assignments travel between services in ``baggage``
             (:class:`~flagwire.Propagation`); default: the process-wide one, configured
             from ``$FLAGWIRE_PROPAGATION_KEYS``; ``False`` for none.
+        telemetry: Where each finished request's decisions are recorded
+            (:class:`~flagwire.otel.OTelTelemetry`,
+            :class:`~flagwire.prometheus.PrometheusTelemetry`).
     """
 
     __slots__ = (
@@ -56,6 +60,7 @@ class Binding:
         "propagation",
         "reads_raw",
         "source",
+        "telemetry",
     )
 
     def __init__(
@@ -67,8 +72,10 @@ class Binding:
         cookie_max_age: int = ONE_YEAR,
         make_default: bool = True,
         propagation: Propagation | bool | None = None,
+        telemetry: Sequence[Telemetry] = (),
     ) -> None:
         self.source = as_source(source)
+        self.telemetry = tuple(telemetry)
         if propagation is None or propagation is True:
             propagation = default_propagation()
         self.propagation: Propagation | None = propagation or None
@@ -91,6 +98,20 @@ class Binding:
         self.cookie_attributes = f"Path=/; Max-Age={int(cookie_max_age)}; SameSite=Lax; HttpOnly"
         if make_default and default_source() is None:
             set_default_source(self.source)
+
+    def record(
+        self, flags: RequestFlags, method: str, route: str, status: int, duration: float
+    ) -> None:
+        """Hand a finished request to the telemetry (if it decided any flag)."""
+        decisions = flags._memo
+        if not decisions or not self.telemetry:
+            return
+        record_all(
+            self.telemetry,
+            RequestRecord(
+                dict(decisions), method, route, status, duration, flags.flagset.version_label
+            ),
+        )
 
     def set_cookie_value(self, anonymous_id: str, *, secure: bool) -> str:
         """The ``Set-Cookie`` header value for a new anonymous id."""

@@ -20,7 +20,8 @@ straight through.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from time import perf_counter
 from typing import Any
 
 from ._flagset import FlagSet
@@ -28,6 +29,7 @@ from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, 
 from ._propagation import Propagation
 from ._request import _current
 from ._sources import Source
+from ._telemetry import Telemetry
 
 try:
     from starlette.requests import Request
@@ -59,6 +61,10 @@ class FlagwireMiddleware:
         propagation: How assignments travel in ``baggage`` to and from other services
             (:class:`~flagwire.Propagation`); default: from ``$FLAGWIRE_PROPAGATION_KEYS``;
             ``False`` to neither honour nor send any.
+        telemetry: Where each finished request's decided flags are recorded
+            (:class:`~flagwire.otel.OTelTelemetry`,
+            :class:`~flagwire.prometheus.PrometheusTelemetry`); the route label is the
+            Starlette route's path template.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class FlagwireMiddleware:
         anonymous_cookie: str | None = DEFAULT_COOKIE,
         cookie_max_age: int = ONE_YEAR,
         propagation: Propagation | bool | None = None,
+        telemetry: Sequence[Telemetry] = (),
     ) -> None:
         self.app = app
         self.binding = binding = Binding(
@@ -78,6 +85,7 @@ class FlagwireMiddleware:
             anonymous_cookie=anonymous_cookie,
             cookie_max_age=cookie_max_age,
             propagation=propagation,
+            telemetry=telemetry,
         )
         if not binding.reads_raw:  # user extractors get a Starlette Request
             binding.adapt = Request
@@ -92,20 +100,54 @@ class FlagwireMiddleware:
         # growing the scope dict costs more than the rest of this method.
         token = _current.set(flags)
         try:
-            if binding.cookie_name is None:
+            if binding.telemetry:
+                await self._with_telemetry(scope, receive, send, flags)
+            elif binding.cookie_name is None:
                 await self.app(scope, receive, send)
-                return
+            else:
 
-            def send_with_cookie(message: Message) -> Awaitable[None]:
-                # A plain function returning send's awaitable: no extra coroutine per
-                # message. Adds the cookie if this request made a new anonymous id.
-                if flags.new_anonymous_id is not None:
-                    _add_cookie(message, flags, binding, scope)
-                return send(message)
+                def send_with_cookie(message: Message) -> Awaitable[None]:
+                    # A plain function returning send's awaitable: no extra coroutine per
+                    # message. Adds the cookie if this request made a new anonymous id.
+                    if flags.new_anonymous_id is not None:
+                        _add_cookie(message, flags, binding, scope)
+                    return send(message)
 
-            await self.app(scope, receive, send_with_cookie)
+                await self.app(scope, receive, send_with_cookie)
         finally:
             _current.reset(token)
+
+    async def _with_telemetry(
+        self, scope: Scope, receive: Receive, send: Send, flags: BoundRequestFlags
+    ) -> None:
+        binding = self.binding
+        state = [500, False]  # status (if the app fails before it responds), recorded
+        started = perf_counter()
+
+        def record() -> None:
+            state[1] = True
+            route = getattr(scope.get("route"), "path", "")
+            binding.record(
+                flags, scope.get("method", ""), route, int(state[0]), perf_counter() - started
+            )
+
+        def send_and_watch(message: Message) -> Awaitable[None]:
+            kind = message["type"]
+            if kind == "http.response.start":
+                state[0] = message["status"]
+                if flags.new_anonymous_id is not None:
+                    _add_cookie(message, flags, binding, scope)
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                # Before the last body message goes out: an instrumentation outside this
+                # middleware (OpenTelemetry's ASGI) ends its server span when it does.
+                record()
+            return send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            if not state[1]:
+                record()
 
 
 def _add_cookie(message: Message, flags: BoundRequestFlags, binding: Binding, scope: Scope) -> None:

@@ -24,7 +24,8 @@ bodies included). Extractors receive ``flask.request``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from time import perf_counter
 from typing import Any
 
 from ._errors import ConfigError
@@ -33,11 +34,12 @@ from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, ContextSpec
 from ._propagation import Propagation
 from ._request import RequestFlags, add_resolver, current_flags
 from ._sources import FileSource, Source
+from ._telemetry import Telemetry
 from .context import reads_environ
-from .wsgi import ENVIRON_KEY, StartResponse, WSGIApp, handle
+from .wsgi import ENVIRON_KEY, STARTED_KEY, StartResponse, WSGIApp, handle
 
 try:
-    from flask import Flask, has_request_context, request
+    from flask import Flask, Response, current_app, has_request_context, request
     from werkzeug.local import LocalProxy
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.flask needs Flask: pip install 'flagwire[flask]'") from exc
@@ -63,6 +65,8 @@ class Flagwire:
         propagation: How assignments travel in ``baggage`` to and from other services
             (:class:`~flagwire.Propagation`); default: from ``$FLAGWIRE_PROPAGATION_KEYS``;
             ``False`` to neither honour nor send any.
+        telemetry: Where each finished request's decided flags are recorded (route label:
+            the URL rule, ``/users/<int:id>``).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Flagwire:
         anonymous_cookie: str | None = DEFAULT_COOKIE,
         cookie_max_age: int = ONE_YEAR,
         propagation: Propagation | bool | None = None,
+        telemetry: Sequence[Telemetry] = (),
     ) -> None:
         self._defaults: dict[str, Any] = {
             "source": source,
@@ -81,6 +86,7 @@ class Flagwire:
             "anonymous_cookie": anonymous_cookie,
             "cookie_max_age": cookie_max_age,
             "propagation": propagation,
+            "telemetry": telemetry,
         }
         if app is not None:
             self.init_app(app)
@@ -94,6 +100,7 @@ class Flagwire:
         anonymous_cookie: str | None = _UNSET,
         cookie_max_age: int = _UNSET,
         propagation: Propagation | bool | None = None,
+        telemetry: Sequence[Telemetry] | None = None,
     ) -> None:
         """Register on an app; arguments given here override the constructor's.
 
@@ -127,6 +134,7 @@ class Flagwire:
                 self._defaults["cookie_max_age"] if cookie_max_age is _UNSET else cookie_max_age
             ),
             propagation=propagation if propagation is not None else self._defaults["propagation"],
+            telemetry=telemetry if telemetry is not None else self._defaults["telemetry"],
         )
         # flagwire's own extractors read the WSGI environ directly; others get flask.request.
         binding.adapt = None if reads_environ(binding.extract) else _flask_request
@@ -134,6 +142,10 @@ class Flagwire:
         # Around the WSGI call, not in request hooks: two function calls, not three hooks.
         app.wsgi_app = _FlaskWsgi(app.wsgi_app, binding)  # type: ignore[method-assign]
         app.app_ctx_globals_class = _with_flagwire(app.app_ctx_globals_class)
+        if binding.telemetry:
+            # In after_request the response status, the URL rule and the server span of
+            # OpenTelemetry's Flask instrumentation are all still there.
+            app.after_request(_record)
 
     @staticmethod
     def binding(app: Flask) -> Binding:
@@ -162,7 +174,29 @@ class _FlaskWsgi:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         # Flask's own request ends when wsgi_app returns (it pops its context), except for
         # stream_with_context bodies, which find the flags through the request context.
-        return handle(self.wsgi_app, self.binding, environ, start_response, wrap_body=False)
+        binding = self.binding
+        if binding.telemetry:
+            environ[STARTED_KEY] = perf_counter()
+        return handle(
+            self.wsgi_app, binding, environ, start_response, wrap_body=False, record=False
+        )
+
+
+def _record(response: Response) -> Response:
+    binding: Binding = current_app.extensions[EXTENSION_KEY]
+    environ = request.environ
+    flags = environ.get(ENVIRON_KEY)
+    started = environ.get(STARTED_KEY)
+    if isinstance(flags, RequestFlags) and started is not None:
+        rule = request.url_rule
+        binding.record(
+            flags,
+            request.method,
+            rule.rule if rule is not None else "",
+            response.status_code,
+            perf_counter() - started,
+        )
+    return response
 
 
 def _flask_request(_: Any) -> Any:

@@ -42,7 +42,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.otel needs OpenTelemetry: pip install 'flagwire[otel]'") from exc
 
-__all__ = ["FlagwirePropagator", "install_propagator"]
+__all__ = ["EVENT_NAME", "FlagwirePropagator", "OTelTelemetry", "install_propagator"]
 
 _URL_ATTRIBUTES = ("url.full", "http.url")
 _HOST_ATTRIBUTES = ("server.address", "net.peer.name", "http.host")
@@ -116,3 +116,75 @@ def install_propagator() -> None:
             [TraceContextTextMapPropagator(), W3CBaggagePropagator(), FlagwirePropagator()]
         )
     )
+
+
+# -- telemetry: flags on spans ----------------------------------------------------------------
+
+EVENT_NAME = "feature_flag.evaluation"
+"""The span event for each flag a request decided (OpenTelemetry semantic conventions)."""
+FLAG_KEY = "feature_flag.key"
+RESULT_VARIANT = "feature_flag.result.variant"
+RESULT_REASON = "feature_flag.result.reason"
+RESULT_VALUE = "feature_flag.result.value"
+PROVIDER_NAME = "feature_flag.provider.name"
+FLAGSET_VERSION = "feature_flag.version"
+FLAGSET_ID = "feature_flag.set.id"
+ERROR_TYPE = "error.type"
+SPAN_ATTRIBUTE_PREFIX = "flagwire.flag."
+"""Server-span attribute per decided flag: ``flagwire.flag.<key> = <variant>`` (searchable)."""
+PROPAGATED_ATTRIBUTE = "flagwire.propagated"
+
+
+class OTelTelemetry:
+    """Puts each request's decided flags on its server span.
+
+    For every decided flag, a ``feature_flag.evaluation`` event with the semantic-convention
+    attributes (key, variant, reason, provider ``flagwire``, flag-set version and id,
+    ``error.type`` on errors, the value only with ``record_values=True``), and a searchable
+    span attribute ``flagwire.flag.<key> = <variant>``. A propagated decision's event has
+    ``flagwire.propagated = true``. Works on the span that OpenTelemetry's ASGI / WSGI /
+    Flask instrumentation made current; without one (or when it is not recording) it does
+    nothing.
+
+    Args:
+        record_values: Also record ``feature_flag.result.value`` (values may be sensitive).
+        max_flags: Decided flags put on a span per request; the rest are left out.
+    """
+
+    def __init__(self, *, record_values: bool = False, max_flags: int = 50) -> None:
+        self.record_values = record_values
+        self.max_flags = max_flags
+
+    def record(self, request: Any) -> None:
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        attributes: dict[str, Any] = {}
+        version = request.flagset_version
+        for index, (key, decision) in enumerate(request.decisions.items()):
+            if index >= self.max_flags:
+                break
+            event: dict[str, Any] = {
+                FLAG_KEY: key,
+                PROVIDER_NAME: "flagwire",
+                RESULT_REASON: decision.reason.value.lower(),
+                FLAGSET_VERSION: decision.flagset_version or version,
+            }
+            set_id = decision.flag_metadata.get("flagSetId")
+            if set_id is not None:
+                event[FLAGSET_ID] = str(set_id)
+            if decision.variant is not None:
+                event[RESULT_VARIANT] = decision.variant
+                attributes[SPAN_ATTRIBUTE_PREFIX + key] = decision.variant
+            if decision.error_code is not None:
+                event[ERROR_TYPE] = decision.error_code.value.lower()
+            if decision.reason.value == "PROPAGATED":
+                event[PROPAGATED_ATTRIBUTE] = True
+            if self.record_values and decision.value is not None:
+                value = decision.value
+                event[RESULT_VALUE] = (
+                    value if isinstance(value, (bool, int, float, str)) else str(value)
+                )
+            span.add_event(EVENT_NAME, event)
+        if attributes:
+            span.set_attributes(attributes)

@@ -13,7 +13,8 @@ cookie is added to the response headers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
@@ -22,8 +23,9 @@ from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, 
 from ._propagation import Propagation
 from ._request import RequestFlags, _current
 from ._sources import Source
+from ._telemetry import Telemetry
 
-__all__ = ["ENVIRON_KEY", "FlagwireMiddleware", "handle"]
+__all__ = ["ENVIRON_KEY", "STARTED_KEY", "FlagwireMiddleware", "handle"]
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -31,6 +33,8 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 ENVIRON_KEY = "flagwire.flags"
 """Where the request's :class:`~flagwire.RequestFlags` is in the WSGI environ."""
+STARTED_KEY = "flagwire.started"
+"""``perf_counter()`` at the start of the request, when telemetry is on."""
 
 
 class FlagwireMiddleware:
@@ -47,6 +51,8 @@ class FlagwireMiddleware:
         propagation: How assignments travel in ``baggage`` to and from other services
             (:class:`~flagwire.Propagation`); default: from ``$FLAGWIRE_PROPAGATION_KEYS``;
             ``False`` to neither honour nor send any.
+        telemetry: Where each finished request's decided flags are recorded (when the
+            body is closed; the route label is empty: plain WSGI has no route templates).
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class FlagwireMiddleware:
         anonymous_cookie: str | None = DEFAULT_COOKIE,
         cookie_max_age: int = ONE_YEAR,
         propagation: Propagation | bool | None = None,
+        telemetry: Sequence[Telemetry] = (),
     ) -> None:
         self.app = app
         self.binding = Binding(
@@ -66,6 +73,7 @@ class FlagwireMiddleware:
             anonymous_cookie=anonymous_cookie,
             cookie_max_age=cookie_max_age,
             propagation=propagation,
+            telemetry=telemetry,
         )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -79,17 +87,25 @@ def handle(
     start_response: StartResponse,
     *,
     wrap_body: bool = True,
+    record: bool = True,
 ) -> Iterable[bytes]:
     """Run one WSGI request with its own flags (shared by this module and the Flask
     extension), at ``environ["flagwire.flags"]`` and current while the app runs and, with
-    ``wrap_body``, while it produces the body."""
+    ``wrap_body``, while it produces the body. With ``record``, the request goes to the
+    binding's telemetry when the body is closed (route ``""``: WSGI has no templates)."""
     flags = BoundRequestFlags(binding, environ)
     environ[ENVIRON_KEY] = flags
     token = _current.set(flags)
+    watch = record and bool(binding.telemetry)
+    if watch:
+        environ[STARTED_KEY] = perf_counter()
+    seen_status = [500]
 
     def start(
         status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
+        if watch:
+            seen_status[0] = int(status[:3]) if status[:3].isdigit() else 500
         new_id = flags.new_anonymous_id
         if new_id is not None:
             flags.new_anonymous_id = None
@@ -99,11 +115,26 @@ def handle(
             return start_response(status, headers)
         return start_response(status, headers, exc_info)
 
+    def finish() -> None:
+        binding.record(
+            flags,
+            environ.get("REQUEST_METHOD", ""),
+            "",
+            seen_status[0],
+            perf_counter() - environ[STARTED_KEY],
+        )
+
     try:
-        body = app(environ, start if binding.cookie_name else start_response)
+        body = app(environ, start if binding.cookie_name or watch else start_response)
+    except BaseException:
+        if watch:
+            finish()
+        raise
     finally:
         _current.reset(token)
-    return _FlagsBody(body, flags) if wrap_body else body
+    if not wrap_body:
+        return body
+    return _FlagsBody(body, flags, finish if watch else None)
 
 
 class _FlagsBody:
@@ -115,12 +146,18 @@ class _FlagsBody:
     iterable even if the body was never iterated (PEP 3333).
     """
 
-    __slots__ = ("_body", "_closed", "_flags")
+    __slots__ = ("_body", "_closed", "_flags", "_on_close")
 
-    def __init__(self, body: Iterable[bytes], flags: RequestFlags) -> None:
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        flags: RequestFlags,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._body = body
         self._flags = flags
         self._closed = False
+        self._on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
         flags = self._flags
@@ -142,9 +179,13 @@ class _FlagsBody:
             return
         self._closed = True
         close = getattr(self._body, "close", None)
-        if close is not None:
-            token = _current.set(self._flags)  # the app's close() is the app's code too
-            try:
-                close()
-            finally:
-                _current.reset(token)
+        try:
+            if close is not None:
+                token = _current.set(self._flags)  # the app's close() is the app's code too
+                try:
+                    close()
+                finally:
+                    _current.reset(token)
+        finally:
+            if self._on_close is not None:
+                self._on_close()

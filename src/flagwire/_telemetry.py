@@ -1,0 +1,84 @@
+"""Flags in traces and metrics: the :class:`Telemetry` protocol and the shared record.
+
+The middleware calls every configured telemetry once per request, after the response, with
+the request's decisions (:class:`RequestRecord`); nothing runs per evaluation. Label values
+are bounded: flag keys and variants come from the flag set, routes are templates, and past
+``max_flags`` decided flags per request the rest share the ``_other`` label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ._assignment import Assignment
+
+__all__ = ["OVERFLOW", "RequestRecord", "Telemetry", "status_class"]
+
+logger = logging.getLogger("flagwire")
+
+OVERFLOW = "_other"
+"""The flag label of decisions past a telemetry's ``max_flags`` in one request."""
+NO_VARIANT = "_none"
+"""The variant label of a decision that chose no variant (disabled, default, error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished request, as telemetry sees it.
+
+    Attributes:
+        decisions: The flags the request decided, in the order decided.
+        method: The HTTP method.
+        route: The route template (``/users/{id}``), never the raw path; ``""`` if the
+            framework gave none.
+        status: The response status code (500 if the app raised before responding).
+        duration: Seconds from the request's start to the end of its response.
+        flagset_version: The pinned flag set's version label.
+    """
+
+    decisions: Mapping[str, Assignment]
+    method: str
+    route: str
+    status: int
+    duration: float
+    flagset_version: str
+
+
+@runtime_checkable
+class Telemetry(Protocol):
+    """Something that records finished requests (OpenTelemetry, Prometheus, ...)."""
+
+    def record(self, request: RequestRecord) -> None:
+        """Record one request. Must not raise (the middleware logs if it does)."""
+        ...
+
+
+def status_class(status: int) -> str:
+    """``2xx``, ``4xx``, ``5xx`` ... for a status code."""
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+def record_all(telemetry: Sequence[Telemetry], request: RequestRecord) -> None:
+    """Hand a request to every telemetry; one that fails never fails the request."""
+    for sink in telemetry:
+        try:
+            sink.record(request)
+        except Exception:  # noqa: PERF203 - a telemetry bug must not break the others
+            logger.exception("flagwire: telemetry %r failed", sink)
+
+
+def variant_label(decision: Assignment) -> str:
+    return decision.variant if decision.variant is not None else NO_VARIANT
+
+
+def bounded(decisions: Mapping[str, Assignment], max_flags: int) -> list[tuple[str, Assignment]]:
+    """The decisions to label, past ``max_flags`` folded into one overflow entry."""
+    items = list(decisions.items())
+    if len(items) <= max_flags:
+        return items
+    kept = items[:max_flags]
+    overflow = items[max_flags][1]
+    return [*kept, (OVERFLOW, overflow)]

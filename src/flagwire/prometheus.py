@@ -1,0 +1,210 @@
+"""Prometheus metrics per flag and variant (prometheus_client).
+
+::
+
+    from prometheus_client import make_asgi_app
+    from flagwire.prometheus import PrometheusTelemetry
+
+    telemetry = PrometheusTelemetry(sources=[source])          # default registry
+    app.add_middleware(FlagwireMiddleware, source=source, telemetry=[telemetry])
+    app.mount("/metrics", make_asgi_app())
+
+Metrics (names follow Prometheus conventions; labels are bounded):
+
+- ``flagwire_request_duration_seconds`` (histogram; flag, variant, method, route,
+  status_class): observed once per decided flag per request;
+- ``flagwire_evaluations_total`` (counter; flag, variant, reason);
+- ``flagwire_evaluation_errors_total`` (counter; flag, error_code);
+- ``flagwire_flagset_info`` (gauge; source, version): 1 for the flag set in force;
+- ``flagwire_flagset_last_load_timestamp_seconds`` (gauge; source);
+- ``flagwire_source_up`` (gauge; source): 1 if the last load succeeded, else 0;
+- ``flagwire_source_failures_total`` (counter; source);
+- ``flagwire_flag_expiry_timestamp_seconds`` (gauge; source, flag, owner): from
+  ``metadata.expires`` (end of that day, UTC);
+- ``flagwire_flags_expired`` (gauge; source): flags past their expiry now.
+
+``variant`` is ``_none`` for a decision without a variant; past ``max_flags`` decided flags in
+one request the rest are counted under ``flag="_other"``. Works in prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, gunicorn): the counters and the histogram
+are aggregated by its collector; the source gauges describe the worker that serves the
+scrape, which reads the same files as the others.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timezone
+from typing import Any
+
+from ._sources import Source
+from ._telemetry import RequestRecord, bounded, status_class, variant_label
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "flagwire.prometheus needs prometheus_client: pip install 'flagwire[prometheus]'"
+    ) from exc
+
+__all__ = ["DEFAULT_BUCKETS", "PrometheusTelemetry", "SourceCollector"]
+
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+
+class PrometheusTelemetry:
+    """Records each request's decided flags in Prometheus metrics.
+
+    Args:
+        registry: Where to register (default: prometheus_client's global registry).
+            Build one telemetry per registry: registering twice raises
+            ``ValueError: Duplicated timeseries``.
+        sources: Sources whose health, flag-set version and expiring flags to export.
+        max_flags: Decided flags labelled per request; the rest count as ``_other``.
+        buckets: Histogram buckets (seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = REGISTRY,
+        sources: Iterable[Source] = (),
+        max_flags: int = 20,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        self.max_flags = max_flags
+        self.duration = Histogram(
+            "flagwire_request_duration_seconds",
+            "Request duration, observed once per flag the request decided, by variant.",
+            ["flag", "variant", "method", "route", "status_class"],
+            registry=registry,
+            buckets=buckets,
+        )
+        self.evaluations = Counter(
+            "flagwire_evaluations",
+            "Flags decided in requests, by variant and reason.",
+            ["flag", "variant", "reason"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "flagwire_evaluation_errors",
+            "Flag evaluations that ended in an error, by error code.",
+            ["flag", "error_code"],
+            registry=registry,
+        )
+        self.sources = SourceCollector(sources)
+        if registry is not None:
+            registry.register(self.sources)
+        # .labels() takes a lock per call: keep the children per label values.
+        self._durations: dict[tuple[str, ...], Any] = {}
+        self._counts: dict[tuple[str, ...], Any] = {}
+        self._errors: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def record(self, request: RequestRecord) -> None:
+        method = request.method
+        route = request.route
+        status = status_class(request.status)
+        duration = request.duration
+        for key, decision in bounded(request.decisions, self.max_flags):
+            variant = variant_label(decision)
+            labels = (key, variant, method, route, status)
+            child = self._durations.get(labels)
+            if child is None:
+                child = self._child(self._durations, self.duration, labels)
+            child.observe(duration)
+            reason = decision.reason.value
+            count_labels = (key, variant, reason)
+            counter = self._counts.get(count_labels)
+            if counter is None:
+                counter = self._child(self._counts, self.evaluations, count_labels)
+            counter.inc()
+            if decision.error_code is not None:
+                error_labels = (key, decision.error_code.value)
+                error = self._errors.get(error_labels)
+                if error is None:
+                    error = self._child(self._errors, self.errors, error_labels)
+                error.inc()
+
+    def _child(
+        self, cache: dict[tuple[str, ...], Any], metric: Any, labels: tuple[str, ...]
+    ) -> Any:
+        with self._lock:
+            child = cache.get(labels)
+            if child is None:
+                child = cache[labels] = metric.labels(*labels)
+            return child
+
+
+def _expiry(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+    # A flag expires at the end of its expiry day (UTC).
+    return datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+
+
+class SourceCollector(Collector):
+    """Exports sources' health and flag sets at scrape time (nothing on the request path)."""
+
+    def __init__(self, sources: Iterable[Source] = ()) -> None:
+        self._sources = list(sources)
+
+    def add(self, source: Source) -> None:
+        """Export one more source."""
+        self._sources.append(source)
+
+    def collect(self) -> Iterable[Any]:
+        info = GaugeMetricFamily(
+            "flagwire_flagset_info",
+            "The flag set in force (value 1).",
+            labels=["source", "version"],
+        )
+        loaded = GaugeMetricFamily(
+            "flagwire_flagset_last_load_timestamp_seconds",
+            "When the flag set in force was loaded.",
+            labels=["source"],
+        )
+        up = GaugeMetricFamily(
+            "flagwire_source_up", "1 if the source's last load succeeded.", labels=["source"]
+        )
+        failures = CounterMetricFamily(
+            "flagwire_source_failures", "Failed loads of the source.", labels=["source"]
+        )
+        expiry = GaugeMetricFamily(
+            "flagwire_flag_expiry_timestamp_seconds",
+            "When a flag expires (metadata.expires, end of day UTC).",
+            labels=["source", "flag", "owner"],
+        )
+        expired = GaugeMetricFamily(
+            "flagwire_flags_expired", "Flags past their expiry date now.", labels=["source"]
+        )
+        now = time.time()
+        for source in self._sources:
+            flagset = source.flagset
+            name = flagset.source or repr(source)
+            status = source.status
+            info.add_metric([name, status.version], 1)
+            if status.last_good_load is not None:
+                loaded.add_metric([name], status.last_good_load.timestamp())
+            up.add_metric([name], 1 if status.ok else 0)
+            failures.add_metric([name], status.failures)
+            count = 0
+            for key in flagset:
+                definition = flagset.definition(key)
+                if definition is None:
+                    continue
+                when = _expiry(definition.metadata.get("expires"))
+                if when is None:
+                    continue
+                owner = str(definition.metadata.get("owner", ""))
+                expiry.add_metric([name, key, owner], when)
+                count += when < now
+            expired.add_metric([name], count)
+        yield from (info, loaded, up, failures, expiry, expired)
