@@ -145,8 +145,10 @@ class KeyRing:
 def _message(
     targeting_key: str, version: str, expires: int, items: Sequence[tuple[str, str]]
 ) -> bytes:
-    lines = [ENCODING_VERSION, targeting_key, version, str(expires)]
-    lines.extend(f"{k}={v}" for k, v in items)
+    # Over the percent-encoded forms, which never contain "\n" or "=": no two different
+    # sets of fields can produce the same message.
+    lines = [ENCODING_VERSION, _encode(targeting_key), _encode(version), str(expires)]
+    lines.extend(f"{_encode(k)}={_encode(v)}" for k, v in items)
     return "\n".join(lines).encode()
 
 
@@ -325,6 +327,14 @@ class Propagation:
         # the signature member is "fw.sig=" + 4-char id + "." + 22 chars
         budget = self.max_bytes - sum(len(m) + 1 for m in head) - 34
         room = self.max_members - len(head) - 1
+        if budget <= 0:  # the targeting key or version alone is too long: send nothing
+            self.dropped += len(assignments)
+            self._warn(
+                "flagwire: the targeting key and version do not fit the baggage cap; "
+                "%d assignments were not sent",
+                len(assignments),
+            )
+            return []
         keep = 0
         used = 0
         for member in encoded:
