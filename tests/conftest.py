@@ -273,3 +273,16 @@ def per_request_document() -> Document:
 def per_request_flags(per_request_document: Document) -> FlagSet:
     """``per_request_document`` loaded."""
     return FlagSet.from_mapping(per_request_document, source="request-flags.json")
+
+
+@pytest.fixture(autouse=True)
+def _reset_default_propagation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No propagation keys or hosts from the environment, and no process-wide
+    :class:`~flagwire.Propagation` leaking between tests."""
+    import flagwire
+
+    monkeypatch.delenv("FLAGWIRE_PROPAGATION_KEYS", raising=False)
+    monkeypatch.delenv("FLAGWIRE_PROPAGATION_HOSTS", raising=False)
+    flagwire.set_default_propagation(None)
+    yield
+    flagwire.set_default_propagation(None)

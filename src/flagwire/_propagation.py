@@ -342,6 +342,12 @@ class Propagation:
                 break
             used += len(member) + 1
             keep += 1
+        if keep == 0:  # no assignment fits: a header without one would only carry the key
+            budget = 0
+        if budget <= 0:
+            self.dropped += len(items)
+            self._warn("flagwire: no assignment fits the baggage cap; %d were not sent", len(items))
+            return []
         if keep < len(items):
             self.dropped += len(items) - keep
             self._warn(
