@@ -35,8 +35,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Final
+from functools import lru_cache
+from hmac import digest as _digest
+from types import MappingProxyType
+from typing import Final, NamedTuple
 from urllib.parse import quote, unquote
 
 from ._errors import ConfigError
@@ -81,10 +83,12 @@ _SAFE: Final = "-._~"
 _PLAIN = re.compile(r"[A-Za-z0-9\-._~]*")
 
 
+@lru_cache(maxsize=8192)  # flag keys, variants and versions repeat across requests
 def _encode(text: str) -> str:
     return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
 
 
+@lru_cache(maxsize=8192)
 def _decode(text: str) -> str:
     return unquote(text) if "%" in text else text
 
@@ -126,15 +130,15 @@ class KeyRing:
         return cls(keys) if keys else None
 
     def sign(self, message: bytes) -> str:
+        """``<key id>.<first 128 bits of HMAC-SHA256, hex>`` with the signing key."""
         kid, secret = self._signing
-        mac = hmac.digest(secret, message, "sha256")
-        return f"{kid}.{base64.urlsafe_b64encode(mac[:16]).decode().rstrip('=')}"
+        return f"{kid}.{_digest(secret, message, 'sha256')[:16].hex()}"
 
     def verify(self, message: bytes, signature: str) -> bool:
+        """Whether any key with the signature's key id made it."""
         kid, _, mac = signature.partition(".")
         for secret in self._by_id.get(kid, ()):
-            expected = base64.urlsafe_b64encode(hmac.digest(secret, message, "sha256")[:16])
-            if hmac.compare_digest(expected.decode().rstrip("="), mac):
+            if hmac.compare_digest(_digest(secret, message, "sha256")[:16].hex(), mac):
                 return True
         return False
 
@@ -142,18 +146,17 @@ class KeyRing:
         return f"<KeyRing signing={self._signing[0]} keys={sum(map(len, self._by_id.values()))}>"
 
 
-def _message(
-    targeting_key: str, version: str, expires: int, items: Sequence[tuple[str, str]]
+def _signed(
+    targeting_key: str, version: str, expires: int, pairs: Sequence[tuple[str, str]]
 ) -> bytes:
-    # Over the percent-encoded forms, which never contain "\n" or "=": no two different
-    # sets of fields can produce the same message.
-    lines = [ENCODING_VERSION, _encode(targeting_key), _encode(version), str(expires)]
-    lines.extend(f"{_encode(k)}={_encode(v)}" for k, v in items)
+    """What the HMAC covers: the percent-encoded fields (which never contain "\\n" or
+    "="), so no two different sets of fields give the same message."""
+    lines = [ENCODING_VERSION, targeting_key, version, str(expires)]
+    lines += [k + "=" + v for k, v in pairs]
     return "\n".join(lines).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class Propagated:
+class Propagated(NamedTuple):
     """What an inbound ``baggage`` header carried of flagwire's.
 
     Attributes:
@@ -164,7 +167,7 @@ class Propagated:
         problem: Why flagwire members were present but not trusted (``None`` if none).
     """
 
-    assignments: Mapping[str, str] = field(default_factory=dict)
+    assignments: Mapping[str, str] = MappingProxyType({})
     targeting_key: str | None = None
     version: str | None = None
     trusted: bool = False
@@ -316,46 +319,40 @@ class Propagation:
         if self.keys is None or not targeting_key or not assignments:
             return []
         expires = int(self.clock()) + self.ttl
+        etk, eversion = _encode(targeting_key), _encode(version)
         head = [
             f"fw.ver={ENCODING_VERSION}",
-            f"fw.tk={_encode(targeting_key)}",
-            f"fw.fs={_encode(version)}",
+            f"fw.tk={etk}",
+            f"fw.fs={eversion}",
             f"fw.exp={expires}",
         ]
-        items = sorted(assignments.items())
-        encoded = [f"{_FLAG}{_encode(k)}={_encode(v)}" for k, v in items]
-        # the signature member is "fw.sig=" + 4-char id + "." + 22 chars
-        budget = self.max_bytes - sum(len(m) + 1 for m in head) - 34
+        pairs = [(_encode(k), _encode(v)) for k, v in sorted(assignments.items())]
+        encoded = [f"{_FLAG}{k}={v}" for k, v in pairs]
+        # the signature member is "fw.sig=" + 4-char id + "." + 32 hex digits
+        budget = self.max_bytes - sum(len(m) + 1 for m in head) - 44
         room = self.max_members - len(head) - 1
-        if budget <= 0:  # the targeting key or version alone is too long: send nothing
-            self.dropped += len(assignments)
+        keep = len(encoded)
+        if keep > room or sum(len(m) + 1 for m in encoded) > budget:
+            keep = used = 0
+            for member in encoded:
+                if keep >= room or used + len(member) + 1 > budget:
+                    break
+                used += len(member) + 1
+                keep += 1
+        if keep == 0:  # nothing fits (a huge targeting key or version): send nothing
+            self.dropped += len(encoded)
             self._warn(
-                "flagwire: the targeting key and version do not fit the baggage cap; "
-                "%d assignments were not sent",
-                len(assignments),
+                "flagwire: no assignment fits the baggage cap; %d were not sent", len(encoded)
             )
             return []
-        keep = 0
-        used = 0
-        for member in encoded:
-            if keep >= room or used + len(member) + 1 > budget:
-                break
-            used += len(member) + 1
-            keep += 1
-        if keep == 0:  # no assignment fits: a header without one would only carry the key
-            budget = 0
-        if budget <= 0:
-            self.dropped += len(items)
-            self._warn("flagwire: no assignment fits the baggage cap; %d were not sent", len(items))
-            return []
-        if keep < len(items):
-            self.dropped += len(items) - keep
+        if keep < len(encoded):
+            self.dropped += len(encoded) - keep
             self._warn(
                 "flagwire: %d assignments did not fit the baggage caps and were not sent",
-                len(items) - keep,
+                len(encoded) - keep,
             )
-            items, encoded = items[:keep], encoded[:keep]
-        signature = self.keys.sign(_message(targeting_key, version, expires, items))
+            pairs, encoded = pairs[:keep], encoded[:keep]
+        signature = self.keys.sign(_signed(etk, eversion, expires, pairs))
         return [*head, *encoded, f"fw.sig={signature}"]
 
     def header(
@@ -382,20 +379,27 @@ class Propagation:
             return self._reject("an oversized baggage header")
         fields: dict[str, str] = {}
         flags: dict[str, str] = {}
+        raw: list[tuple[str, str]] = []  # as received, for the fast signature check
+        spaced = " " in header or "\t" in header
         for member in header.split(","):
-            member = member.strip(" \t")
+            if spaced:
+                member = member.strip(" \t")
             if not member.startswith(PREFIX):
                 continue
             key, sep, value = member.partition("=")
             if not sep:
                 return self._reject("a malformed flagwire baggage member")
-            value = value.split(";", 1)[0].strip(" \t")  # properties are not ours
-            key = key.strip(" \t")
+            if ";" in value:
+                value = value.split(";", 1)[0]  # properties are not ours
+            if spaced:
+                key, value = key.strip(" \t"), value.strip(" \t")
             if key.startswith(_FLAG):
-                name = _decode(key[len(_FLAG) :])
+                encoded_name = key[5:]  # after "fw.f."
+                name = _decode(encoded_name)
                 if name in flags:
                     return self._reject("a repeated flagwire assignment")
                 flags[name] = _decode(value)
+                raw.append((encoded_name, value))
             elif key in fields:
                 return self._reject("a repeated flagwire baggage member")
             else:
@@ -410,11 +414,17 @@ class Propagation:
             expires = int(fields.get("fw.exp", ""))
         except ValueError:
             return self._reject("flagwire baggage without a valid expiry")
-        targeting_key = _decode(fields.get("fw.tk", ""))
-        version = _decode(fields.get("fw.fs", ""))
-        items = sorted(flags.items())
-        if not self.keys.verify(_message(targeting_key, version, expires, items), signature):
-            return self._reject("flagwire baggage with a bad signature")
+        raw_tk, raw_fs = fields.get("fw.tk", ""), fields.get("fw.fs", "")
+        targeting_key, version = _decode(raw_tk), _decode(raw_fs)
+        # As sent by flagwire (sorted, canonical) first; else over the canonical encoding of
+        # what was decoded, so a hop that re-encodes or reorders the members (an
+        # OpenTelemetry SDK passing baggage through) changes nothing.
+        keys = self.keys
+        if not keys.verify(_signed(raw_tk, raw_fs, expires, raw), signature):
+            pairs = [(_encode(k), _encode(v)) for k, v in sorted(flags.items())]
+            message = _signed(_encode(targeting_key), _encode(version), expires, pairs)
+            if not keys.verify(message, signature):
+                return self._reject("flagwire baggage with a bad signature")
         if expires < self.clock():
             return self._reject("expired flagwire baggage")
         return Propagated(flags, targeting_key or None, version or None, True)
