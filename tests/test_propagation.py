@@ -1422,3 +1422,12 @@ def test_flagwire_propagator_with_plain_carriers() -> None:
 def test_the_opentelemetry_entry_point() -> None:
     (entry,) = [e for e in entry_points(group="opentelemetry_propagator") if e.name == "flagwire"]
     assert entry.load() is FlagwirePropagator
+
+
+@given(key=st.binary(min_size=1, max_size=200), message=st.binary(max_size=300))
+def test_the_precomputed_hmac_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    import hmac
+
+    from flagwire._propagation import _HmacSha256
+
+    assert _HmacSha256(key)(message) == hmac.digest(key, message, "sha256")

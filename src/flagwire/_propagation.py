@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
-from hmac import digest as _digest
 from types import MappingProxyType
 from typing import Final, NamedTuple
 from urllib.parse import quote, unquote
@@ -93,6 +92,30 @@ def _decode(text: str) -> str:
     return unquote(text) if "%" in text else text
 
 
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class _HmacSha256:
+    """HMAC-SHA256 (RFC 2104) with the key's pads hashed once, not per message."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def __call__(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class KeyRing:
     """Shared secrets for signing propagated assignments.
 
@@ -113,10 +136,10 @@ class KeyRing:
         if not secrets or any(not k for k in secrets):
             raise ConfigError("a propagation key ring needs at least one non-empty key")
         ids = [self._key_id(k) for k in secrets]
-        self._signing = (ids[0], secrets[0])
-        self._by_id: dict[str, list[bytes]] = {}
+        self._signing = (ids[0], _HmacSha256(secrets[0]))
+        self._by_id: dict[str, list[_HmacSha256]] = {}
         for kid, secret in zip(ids, secrets, strict=True):
-            self._by_id.setdefault(kid, []).append(secret)
+            self._by_id.setdefault(kid, []).append(_HmacSha256(secret))
 
     @staticmethod
     def _key_id(secret: bytes) -> str:
@@ -131,14 +154,14 @@ class KeyRing:
 
     def sign(self, message: bytes) -> str:
         """``<key id>.<first 128 bits of HMAC-SHA256, hex>`` with the signing key."""
-        kid, secret = self._signing
-        return f"{kid}.{_digest(secret, message, 'sha256')[:16].hex()}"
+        kid, mac = self._signing
+        return f"{kid}.{mac(message)[:16].hex()}"
 
     def verify(self, message: bytes, signature: str) -> bool:
         """Whether any key with the signature's key id made it."""
-        kid, _, mac = signature.partition(".")
-        for secret in self._by_id.get(kid, ()):
-            if hmac.compare_digest(_digest(secret, message, "sha256")[:16].hex(), mac):
+        kid, _, given = signature.partition(".")
+        for mac in self._by_id.get(kid, ()):
+            if hmac.compare_digest(mac(message)[:16].hex(), given):
                 return True
         return False
 
@@ -146,14 +169,11 @@ class KeyRing:
         return f"<KeyRing signing={self._signing[0]} keys={sum(map(len, self._by_id.values()))}>"
 
 
-def _signed(
-    targeting_key: str, version: str, expires: int, pairs: Sequence[tuple[str, str]]
-) -> bytes:
-    """What the HMAC covers: the percent-encoded fields (which never contain "\\n" or
-    "="), so no two different sets of fields give the same message."""
-    lines = [ENCODING_VERSION, targeting_key, version, str(expires)]
-    lines += [k + "=" + v for k, v in pairs]
-    return "\n".join(lines).encode()
+def _signed(targeting_key: str, version: str, expires: int, lines: Sequence[str]) -> bytes:
+    """What the HMAC covers: the percent-encoded fields and ``key=value`` assignment lines
+    (percent-encoding never yields "\\n" or "="), so no two different sets of fields give
+    the same message."""
+    return "\n".join([ENCODING_VERSION, targeting_key, version, str(expires), *lines]).encode()
 
 
 class Propagated(NamedTuple):
@@ -326,13 +346,13 @@ class Propagation:
             f"fw.fs={eversion}",
             f"fw.exp={expires}",
         ]
-        pairs = [(_encode(k), _encode(v)) for k, v in sorted(assignments.items())]
-        encoded = [f"{_FLAG}{k}={v}" for k, v in pairs]
+        lines = [_encode(k) + "=" + _encode(v) for k, v in sorted(assignments.items())]
+        encoded = ["fw.f." + line for line in lines]
         # the signature member is "fw.sig=" + 4-char id + "." + 32 hex digits
-        budget = self.max_bytes - sum(len(m) + 1 for m in head) - 44
+        budget = self.max_bytes - sum(map(len, head)) - len(head) - 44
         room = self.max_members - len(head) - 1
         keep = len(encoded)
-        if keep > room or sum(len(m) + 1 for m in encoded) > budget:
+        if keep > room or sum(map(len, encoded)) + keep > budget:
             keep = used = 0
             for member in encoded:
                 if keep >= room or used + len(member) + 1 > budget:
@@ -351,8 +371,8 @@ class Propagation:
                 "flagwire: %d assignments did not fit the baggage caps and were not sent",
                 len(encoded) - keep,
             )
-            pairs, encoded = pairs[:keep], encoded[:keep]
-        signature = self.keys.sign(_signed(etk, eversion, expires, pairs))
+            lines, encoded = lines[:keep], encoded[:keep]
+        signature = self.keys.sign(_signed(etk, eversion, expires, lines))
         return [*head, *encoded, f"fw.sig={signature}"]
 
     def header(
@@ -379,7 +399,7 @@ class Propagation:
             return self._reject("an oversized baggage header")
         fields: dict[str, str] = {}
         flags: dict[str, str] = {}
-        raw: list[tuple[str, str]] = []  # as received, for the fast signature check
+        raw: list[str] = []  # as received, for the fast signature check
         spaced = " " in header or "\t" in header
         for member in header.split(","):
             if spaced:
@@ -399,7 +419,7 @@ class Propagation:
                 if name in flags:
                     return self._reject("a repeated flagwire assignment")
                 flags[name] = _decode(value)
-                raw.append((encoded_name, value))
+                raw.append(encoded_name + "=" + value)
             elif key in fields:
                 return self._reject("a repeated flagwire baggage member")
             else:
@@ -421,8 +441,8 @@ class Propagation:
         # OpenTelemetry SDK passing baggage through) changes nothing.
         keys = self.keys
         if not keys.verify(_signed(raw_tk, raw_fs, expires, raw), signature):
-            pairs = [(_encode(k), _encode(v)) for k, v in sorted(flags.items())]
-            message = _signed(_encode(targeting_key), _encode(version), expires, pairs)
+            lines = [_encode(k) + "=" + _encode(v) for k, v in sorted(flags.items())]
+            message = _signed(_encode(targeting_key), _encode(version), expires, lines)
             if not keys.verify(message, signature):
                 return self._reject("flagwire baggage with a bad signature")
         if expires < self.clock():
