@@ -26,6 +26,10 @@ ContextSpec = Extractor | Sequence[Extractor] | None
 
 logger = logging.getLogger("flagwire")
 
+# Method labels are bounded: a client can send any method it likes.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 _VALID_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 DEFAULT_COOKIE = "flagwire_id"
 ONE_YEAR = 365 * 24 * 3600
@@ -106,10 +110,18 @@ class Binding:
         decisions = flags._memo
         if not decisions or not self.telemetry:
             return
+        served = dict(decisions)
+        if flags._served:
+            served.update(flags._served)  # what the code ran on, type mismatches included
         record_all(
             self.telemetry,
             RequestRecord(
-                dict(decisions), method, route, status, duration, flags.flagset.version_label
+                served,
+                method if method in _METHODS else "_OTHER",
+                route,
+                status,
+                duration,
+                flags.flagset.version_label,
             ),
         )
 
@@ -130,6 +142,7 @@ class BoundRequestFlags(RequestFlags):
         self._upstream = None
         self._context = None
         self._memo = {}
+        self._served = None
         self._binding = binding
         self._raw = raw
         self.new_anonymous_id: str | None = None

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from threading import get_ident
+from time import monotonic, sleep
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from ._assignment import Assignment, FlagType
+from ._assignment import Assignment, ErrorCode, FlagType
 from ._flagset import FlagSet, fit
 from ._sources import Source
 from ._types import Context
@@ -32,9 +33,10 @@ __all__ = [
 
 logger = logging.getLogger("flagwire")
 
+T = TypeVar("T")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _COMMIT = threading.Lock()
-_BUILDING: set[tuple[int, int]] = set()  # (request flags, thread) building a context now
+_BUILDERS: dict[int, int] = {}  # request flags whose context is being built -> the thread
 
 
 class RequestFlags:
@@ -48,7 +50,7 @@ class RequestFlags:
         flagset: The flag set pinned for this request.
     """
 
-    __slots__ = ("_context", "_deciders", "_memo", "_upstream", "flagset")
+    __slots__ = ("_context", "_deciders", "_memo", "_served", "_upstream", "flagset")
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class RequestFlags:
         self._deciders = flagset._deciders
         self._context: dict[str, Any] | None = {} if context is None else dict(context)
         self._memo: dict[str, Assignment] = {}
+        self._served: dict[str, Assignment] | None = None
         self._upstream = upstream
 
     def __contains__(self, key: object) -> bool:
@@ -83,26 +86,38 @@ class RequestFlags:
         context = self._context
         if context is not None:
             return context
-        mine = (id(self), get_ident())
-        if mine in _BUILDING:  # an extractor of this request asked for a flag
+        me, thread = id(self), get_ident()
+        if _BUILDERS.get(me) == thread:  # an extractor of this request asked for a flag
             logger.warning("flagwire: a context extractor asked for a flag; it sees no context")
             return {}
-        # No lock while extractors run (they are user code and may be slow): if two
-        # threads of one request race here, both build and the first to finish wins.
-        _BUILDING.add(mine)
+        # Once per request, even if several of its threads ask at once: the first thread
+        # builds (no lock held while extractors, which are user code, run) and the others
+        # wait for it.
+        if _BUILDERS.setdefault(me, thread) != thread:
+            return self._await_context(me)
         try:
             built, new_id = self._build_context()
         except Exception:  # a broken extractor never fails the request
             logger.exception("flagwire: building the request's context failed")
             built, new_id = {}, None
         finally:
-            _BUILDING.discard(mine)
+            del _BUILDERS[me]
         with _COMMIT:
             if self._context is None:
                 self._context = built
                 if new_id is not None:
                     self._new_anonymous_id(new_id)
             return self._context
+
+    def _await_context(self, me: int) -> dict[str, Any]:
+        deadline = monotonic() + 10.0
+        while self._context is None and me in _BUILDERS and monotonic() < deadline:
+            sleep(0.0002)
+        context = self._context
+        if context is None:  # the builder took too long: decide with no context, not wait
+            logger.error("flagwire: gave up waiting for another thread to build the context")
+            return {}
+        return context
 
     def _new_anonymous_id(self, new_id: str) -> None:
         """Remember a new anonymous id for the response (integrations override)."""
@@ -133,39 +148,70 @@ class RequestFlags:
         variant, an error) and where the flag's type is not ``flag_type`` (or, without
         ``flag_type``, the type of ``default``); ``reason`` and ``error_code`` say which.
         """
-        return fit(self._memo.get(key) or self._decide(key), default, flag_type)
+        decision = self._memo.get(key) or self._decide(key)
+        fitted = fit(decision, default, flag_type)
+        if fitted is not decision and fitted.error_code is ErrorCode.TYPE_MISMATCH:
+            self._note(key, fitted)
+        return fitted
 
     def get(self, key: str, default: Any = None) -> Any:
         """The flag's value, or ``default`` when no variant applies or the type differs."""
-        return fit(self._memo.get(key) or self._decide(key), default).value
+        return self.details(key, default).value
+
+    def _note(self, key: str, served: Assignment) -> None:
+        """Remember that this request got ``served`` (its default, on a type mismatch)
+        instead of the decision, so telemetry reports what the code really ran on."""
+        if self._served is None:
+            self._served = {}
+        self._served[key] = served
+
+    def _mismatch(self, key: str, decision: Assignment, default: T, flag_type: FlagType) -> T:
+        if decision.variant is not None:  # a variant of another type than asked for
+            self._note(key, fit(decision, default, flag_type))
+        return default
 
     # The typed getters: a decision without a variant has value None, so one type test
     # covers "no variant" and "another type" alike.
 
     def boolean(self, key: str, default: bool = False) -> bool:
         """The flag's value if it is a boolean, else ``default``."""
-        value = (self._memo.get(key) or self._decide(key)).value
-        return value if type(value) is bool else default
+        decision = self._memo.get(key) or self._decide(key)
+        value = decision.value
+        if type(value) is bool:
+            return value
+        return self._mismatch(key, decision, default, FlagType.BOOLEAN)
 
     def string(self, key: str, default: str = "") -> str:
         """The flag's value if it is a string, else ``default``."""
-        value = (self._memo.get(key) or self._decide(key)).value
-        return value if type(value) is str else default
+        decision = self._memo.get(key) or self._decide(key)
+        value = decision.value
+        if type(value) is str:
+            return value
+        return self._mismatch(key, decision, default, FlagType.STRING)
 
     def number(self, key: str, default: float = 0.0) -> float:
         """The flag's value if it is a number (as a float), else ``default``."""
-        value = (self._memo.get(key) or self._decide(key)).value
-        return float(value) if type(value) is int or type(value) is float else default
+        decision = self._memo.get(key) or self._decide(key)
+        value = decision.value
+        if type(value) is int or type(value) is float:
+            return float(value)
+        return self._mismatch(key, decision, default, FlagType.FLOAT)
 
     def integer(self, key: str, default: int = 0) -> int:
         """The flag's value if it is an integer, else ``default``."""
-        value = (self._memo.get(key) or self._decide(key)).value
-        return value if type(value) is int else default
+        decision = self._memo.get(key) or self._decide(key)
+        value = decision.value
+        if type(value) is int:
+            return value
+        return self._mismatch(key, decision, default, FlagType.INTEGER)
 
     def object(self, key: str, default: Any = None) -> Any:
         """The flag's value if it is a JSON object or array, else ``default``."""
-        value = (self._memo.get(key) or self._decide(key)).value
-        return value if type(value) is dict or type(value) is list else default
+        decision = self._memo.get(key) or self._decide(key)
+        value = decision.value
+        if type(value) is dict or type(value) is list:
+            return value
+        return self._mismatch(key, decision, default, FlagType.OBJECT)
 
     @property
     def upstream(self) -> Mapping[str, str]:
