@@ -1431,3 +1431,51 @@ def test_the_precomputed_hmac_is_hmac_sha256(key: bytes, message: bytes) -> None
     from flagwire._propagation import _HmacSha256
 
     assert _HmacSha256(key)(message) == hmac.digest(key, message, "sha256")
+
+
+def test_request_hook_sends_flags_from_an_unsampled_requests_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # requests sets no Host header and an unsampled span has no attributes: only the
+    # instrumentation's request_hook can tell flagwire's propagator the destination.
+    import requests
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from flagwire.otel import FlagwirePropagator, request_hook
+
+    flagwire.set_default_propagation(flagwire.Propagation(keys=["k" * 32]))
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    seen: list[str | None] = []
+
+    class Capture(requests.adapters.HTTPAdapter):
+        def send(self, request: requests.PreparedRequest, **_: object) -> requests.Response:
+            seen.append(request.headers.get("baggage"))
+            response = requests.Response()
+            response.status_code = 200
+            return response
+
+    from opentelemetry import propagate
+
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(FlagwirePropagator())
+    instrumentor = RequestsInstrumentor()
+    try:
+        for hook in (None, request_hook):
+            instrumentor.instrument(tracer_provider=provider, request_hook=hook)
+            session = requests.Session()
+            session.mount("http://", Capture())
+            flagset = FlagSet.from_mapping(
+                {"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}
+            )
+            with flagwire.activate(RequestFlags(flagset, {"targetingKey": "u1"})) as flags:
+                flags.integer("f")
+                session.get("http://127.0.0.1:9/x")
+            instrumentor.uninstrument()
+    finally:
+        propagate.set_global_textmap(previous)
+
+    without_hook, with_hook = seen
+    assert not without_hook or "fw." not in without_hook
+    assert with_hook is not None and "fw.f.f=a" in with_hook

@@ -12,13 +12,16 @@ propagator rewrites ``baggage``: it removes every ``fw.*`` member the baggage pr
 copied from the context (an upstream's, trusted or forged) and, if the destination is
 allowed, adds the current request's signed assignments. The destination is read from the
 request's ``Host`` header or the client span's attributes (``server.address``,
-``url.full``, ...); with neither — an unsampled span and a client that sets no ``Host`` —
-nothing is sent. Inbound assignments are read by flagwire's middleware, not here.
+``url.full``, ...); with neither — an unsampled span and a client that sets no ``Host``,
+as requests — nothing is sent, unless the instrumentation was given :func:`request_hook`
+(``RequestsInstrumentor().instrument(request_hook=flagwire.otel.request_hook)``).
+Inbound assignments are read by flagwire's middleware, not here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,13 +45,43 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.otel needs OpenTelemetry: pip install 'flagwire[otel]'") from exc
 
-__all__ = ["EVENT_NAME", "FlagwirePropagator", "OTelTelemetry", "install_propagator"]
+__all__ = [
+    "EVENT_NAME",
+    "FlagwirePropagator",
+    "OTelTelemetry",
+    "install_propagator",
+    "request_hook",
+]
 
 _URL_ATTRIBUTES = ("url.full", "http.url")
 _HOST_ATTRIBUTES = ("server.address", "net.peer.name", "http.host")
 
 
+_next_destination: ContextVar[str | None] = ContextVar("flagwire.otel.destination", default=None)
+
+
+def request_hook(span: Any, request: Any) -> None:
+    """A ``request_hook`` for OpenTelemetry's requests (and httpx) instrumentation.
+
+    It tells flagwire's propagator where the request goes even when the span is not
+    sampled (requests sets no ``Host`` header, and an unsampled span has no attributes)::
+
+        RequestsInstrumentor().instrument(request_hook=flagwire.otel.request_hook)
+    """
+    url = getattr(request, "url", None)
+    if isinstance(url, bytes):
+        url = url.decode("latin-1")
+    host = getattr(url, "host", None) if url is not None and not isinstance(url, str) else None
+    if host is None and url is not None:
+        host = urlsplit(str(url)).hostname
+    _next_destination.set(host or None)
+
+
 def _destination(carrier: Any) -> str | None:
+    hinted = _next_destination.get()
+    if hinted is not None:
+        _next_destination.set(None)  # for this request only
+        return hinted
     if isinstance(carrier, Mapping) or hasattr(carrier, "get"):
         try:
             host = carrier.get("host") or carrier.get("Host")
