@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextvars import ContextVar
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from .propagation import outbound_baggage
 
 try:
     from opentelemetry import trace
+    from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.context import Context
     from opentelemetry.propagate import set_global_textmap
@@ -42,6 +44,7 @@ try:
         default_setter,
     )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.otel needs OpenTelemetry: pip install 'flagwire[otel]'") from exc
 
@@ -168,6 +171,15 @@ SPAN_ATTRIBUTE_PREFIX = "flagwire.flag."
 PROPAGATED_ATTRIBUTE = "flagwire.propagated"
 
 
+@cache
+def _sdk_event() -> Any:
+    try:
+        from opentelemetry.sdk.trace import Event
+    except ImportError:  # pragma: no cover - recording spans come from an SDK
+        return None
+    return Event
+
+
 class OTelTelemetry:
     """Puts each request's decided flags on its server span.
 
@@ -187,37 +199,69 @@ class OTelTelemetry:
     def __init__(self, *, record_values: bool = False, max_flags: int = 50) -> None:
         self.record_values = record_values
         self.max_flags = max_flags
+        # Event attributes repeat (same flag, variant, reason, version): validate them once.
+        self._attributes: dict[tuple[Any, ...], Any] = {}
 
     def record(self, request: Any) -> None:
         span = trace.get_current_span()
         if not span.is_recording():
             return
+        # The SDK span's own append, skipping the per-call re-validation of attributes
+        # that were validated once (the SDK is there when a span records).
+        add_event = getattr(span, "_add_event", None)
+        event_class = _sdk_event() if add_event is not None else None
+        if event_class is None:
+            add_event = None
         attributes: dict[str, Any] = {}
         version = request.flagset_version
         for index, (key, decision) in enumerate(request.decisions.items()):
             if index >= self.max_flags:
                 break
-            event: dict[str, Any] = {
-                FLAG_KEY: key,
-                PROVIDER_NAME: "flagwire",
-                RESULT_REASON: decision.reason.value.lower(),
-                FLAGSET_VERSION: decision.flagset_version or version,
-            }
-            set_id = decision.flag_metadata.get("flagSetId")
-            if set_id is not None:
-                event[FLAGSET_ID] = str(set_id)
             if decision.variant is not None:
-                event[RESULT_VARIANT] = decision.variant
                 attributes[SPAN_ATTRIBUTE_PREFIX + key] = decision.variant
-            if decision.error_code is not None:
-                event[ERROR_TYPE] = decision.error_code.value.lower()
-            if decision.reason.value == "PROPAGATED":
-                event[PROPAGATED_ATTRIBUTE] = True
-            if self.record_values and decision.value is not None:
-                value = decision.value
-                event[RESULT_VALUE] = (
-                    value if isinstance(value, (bool, int, float, str)) else str(value)
-                )
-            span.add_event(EVENT_NAME, event)
+            if add_event is not None and not self.record_values:
+                event_attributes = self._cached(key, decision, version)
+                add_event(event_class(EVENT_NAME, event_attributes))  # type: ignore[misc]
+            else:
+                span.add_event(EVENT_NAME, self._event(key, decision, version))
         if attributes:
             span.set_attributes(attributes)
+
+    def _cached(self, key: str, decision: Any, version: str) -> Any:
+        cache_key = (
+            key,
+            decision.variant,
+            decision.reason,
+            decision.error_code,
+            decision.flagset_version or version,
+            decision.flag_metadata.get("flagSetId"),
+        )
+        found = self._attributes.get(cache_key)
+        if found is None:
+            found = BoundedAttributes(None, self._event(key, decision, version), immutable=True)
+            if len(self._attributes) < 4096:
+                self._attributes[cache_key] = found
+        return found
+
+    def _event(self, key: str, decision: Any, version: str) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            FLAG_KEY: key,
+            PROVIDER_NAME: "flagwire",
+            RESULT_REASON: decision.reason.value.lower(),
+            FLAGSET_VERSION: decision.flagset_version or version,
+        }
+        set_id = decision.flag_metadata.get("flagSetId")
+        if set_id is not None:
+            event[FLAGSET_ID] = str(set_id)
+        if decision.variant is not None:
+            event[RESULT_VARIANT] = decision.variant
+        if decision.error_code is not None:
+            event[ERROR_TYPE] = decision.error_code.value.lower()
+        if decision.reason.value == "PROPAGATED":
+            event[PROPAGATED_ATTRIBUTE] = True
+        if self.record_values and decision.value is not None:
+            value = decision.value
+            event[RESULT_VALUE] = (
+                value if isinstance(value, (bool, int, float, str)) else str(value)
+            )
+        return event

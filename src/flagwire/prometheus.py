@@ -98,8 +98,8 @@ class PrometheusTelemetry:
         self.sources = SourceCollector(sources)
         if registry is not None:
             registry.register(self.sources)
-        # .labels() takes a lock per call: keep the children per label values.
-        self._durations: dict[tuple[str, ...], Any] = {}
+        # .labels() takes a lock per call: the children are kept per label values.
+        self._children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._counts: dict[tuple[str, ...], Any] = {}
         self._errors: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
@@ -109,25 +109,40 @@ class PrometheusTelemetry:
         route = request.route
         status = status_class(request.status)
         duration = request.duration
-        for key, decision in bounded(request.decisions, self.max_flags):
-            variant = variant_label(decision)
-            labels = (key, variant, method, route, status)
-            child = self._durations.get(labels)
-            if child is None:
-                child = self._child(self._durations, self.duration, labels)
-            child.observe(duration)
-            reason = decision.reason.value
-            count_labels = (key, variant, reason)
-            counter = self._counts.get(count_labels)
-            if counter is None:
-                counter = self._child(self._counts, self.evaluations, count_labels)
-            counter.inc()
+        decisions = request.decisions
+        items = (
+            decisions.items()
+            if len(decisions) <= self.max_flags
+            else bounded(decisions, self.max_flags)
+        )
+        children = self._children
+        for key, decision in items:
+            shape = (key, decision.variant, decision.reason, method, route, status)
+            pair = children.get(shape)
+            if pair is None:
+                pair = self._pair(shape, decision)
+            pair[0].observe(duration)
+            pair[1].inc()
             if decision.error_code is not None:
                 error_labels = (key, decision.error_code.value)
                 error = self._errors.get(error_labels)
                 if error is None:
                     error = self._child(self._errors, self.errors, error_labels)
                 error.inc()
+
+    def _pair(self, shape: tuple[Any, ...], decision: Any) -> tuple[Any, Any]:
+        key, _, reason, method, route, status = shape
+        variant = variant_label(decision)
+        with self._lock:
+            pair = self._children.get(shape)
+            if pair is None:
+                count_labels = (key, variant, reason.value)
+                count = self._counts.get(count_labels)
+                if count is None:
+                    count = self._counts[count_labels] = self.evaluations.labels(*count_labels)
+                pair = (self.duration.labels(key, variant, method, route, status), count)
+                self._children[shape] = pair
+            return pair
 
     def _child(
         self, cache: dict[tuple[str, ...], Any], metric: Any, labels: tuple[str, ...]
