@@ -1125,3 +1125,57 @@ def test_flask_route_label_in_before_request_reads_is_the_rule(
         ("new-checkout", "/items/<int:item_id>"): 4,
         ("ranking", "/items/<int:item_id>"): 4,
     }
+
+
+def test_otel_metrics_have_the_meaning_of_the_prometheus_metrics() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from flagwire import RequestFlags, StaticSource
+    from flagwire.otel import OTelMetricsTelemetry
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    expired = FlagSet.from_mapping(
+        {
+            "flags": {
+                "old": {
+                    "state": "ENABLED",
+                    "variants": {"on": True},
+                    "defaultVariant": "on",
+                    "metadata": {"expires": "2020-01-01", "owner": "team-a"},
+                },
+            }
+        },
+        source="old.json",
+    )
+    telemetry = OTelMetricsTelemetry(meter_provider=provider, sources=[StaticSource(expired)])
+    flags = RequestFlags(expired, {"targetingKey": "u1"})
+    flags.boolean("old")
+    flags.string("missing")
+    telemetry.record(
+        RequestRecord(dict(flags.evaluated()), "GET", "/x", 503, 0.25, expired.version_label)
+    )
+
+    points: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points[metric.name] = [
+                    (dict(p.attributes or {}), getattr(p, "value", getattr(p, "count", None)))
+                    for p in metric.data.data_points
+                ]
+    assert (
+        {"flag": "old", "variant": "on", "method": "GET", "route": "/x", "status_class": "5xx"},
+        1,
+    ) in points["flagwire.request.duration"]
+    assert ({"flag": "missing", "variant": "_none", "reason": "ERROR"}, 1) in points[
+        "flagwire.evaluations"
+    ]
+    assert points["flagwire.evaluation.errors"] == [
+        ({"flag": "missing", "error_code": "FLAG_NOT_FOUND"}, 1)
+    ]
+    assert points["flagwire.source.up"] == [({"source": "old.json"}, 1)]
+    assert points["flagwire.flags.expired"] == [({"source": "old.json"}, 1)]

@@ -9,11 +9,14 @@ are bounded: flag keys and variants come from the flag set, routes are templates
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from typing import Protocol, runtime_checkable
 
 from ._assignment import Assignment
+from ._flagset import FlagSet
 
 __all__ = ["OVERFLOW", "RequestRecord", "Telemetry", "status_class"]
 
@@ -82,3 +85,33 @@ def bounded(decisions: Mapping[str, Assignment], max_flags: int) -> list[tuple[s
     kept = items[:max_flags]
     overflow = items[max_flags][1]
     return [*kept, (OVERFLOW, overflow)]
+
+
+def _expiry(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+    # A flag expires at the end of its expiry day (UTC).
+    return datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+
+
+def expiries(flagset: FlagSet) -> list[tuple[str, str, float]]:
+    """``(flag, owner, expiry as unix seconds)`` for each flag with ``metadata.expires``."""
+    found = []
+    for key in flagset:
+        definition = flagset.definition(key)
+        if definition is None:
+            continue
+        when = _expiry(definition.metadata.get("expires"))
+        if when is not None:
+            found.append((key, str(definition.metadata.get("owner", "")), when))
+    return found
+
+
+def expired_flags(flagset: FlagSet, now: float | None = None) -> list[str]:
+    """The flags past their ``metadata.expires`` date."""
+    moment = time.time() if now is None else now
+    return [key for key, _, when in expiries(flagset) if when < moment]

@@ -35,11 +35,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, timezone
 from typing import Any
 
 from ._sources import Source
-from ._telemetry import RequestRecord, bounded, status_class, variant_label
+from ._telemetry import RequestRecord, bounded, expiries, status_class, variant_label
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -154,17 +153,6 @@ class PrometheusTelemetry:
             return child
 
 
-def _expiry(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        day = date.fromisoformat(value[:10])
-    except ValueError:
-        return None
-    # A flag expires at the end of its expiry day (UTC).
-    return datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=timezone.utc).timestamp()
-
-
 class SourceCollector(Collector):
     """Exports sources' health and flag sets at scrape time (nothing on the request path)."""
 
@@ -211,14 +199,7 @@ class SourceCollector(Collector):
             up.add_metric([name], 1 if status.ok else 0)
             failures.add_metric([name], status.failures)
             count = 0
-            for key in flagset:
-                definition = flagset.definition(key)
-                if definition is None:
-                    continue
-                when = _expiry(definition.metadata.get("expires"))
-                if when is None:
-                    continue
-                owner = str(definition.metadata.get("owner", ""))
+            for key, owner, when in expiries(flagset):
                 expiry.add_metric([name, key, owner], when)
                 count += when < now
             expired.add_metric([name], count)
