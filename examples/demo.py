@@ -1,4 +1,5 @@
-"""flagwire demo: a gateway and a service, two flag files, one answer per user.
+"""flagwire demo: a gateway and a service, two flag files, one answer per user, and
+what it looks like in metrics and traces.
 
     python examples/demo.py
 
@@ -10,19 +11,24 @@ happens while a change spreads. For each user the gateway decides, calls the ser
 and the service honours the gateway's decisions from the signed ``baggage``: the demo
 prints both services' variants per user, counts the users whose variants differ between
 the hops (0), and how many would have differed had each service decided alone. Then it
-shows an anonymous visitor keeping its bucket, and the rollout shares over a thousand
-users. The servers are stopped at the end.
+shows an anonymous visitor keeping its bucket, the rollout shares over a thousand users,
+a table of requests, p50/p95 latency and error rate per variant from each service's
+flagwire metrics (the service's new checkout is made 20 ms slower), and one trace through
+both services with its ``feature_flag.evaluation`` events. The servers are stopped at the
+end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -143,6 +149,93 @@ async def traffic(gateway: str, service: str) -> None:
     print(f"  5 requests: ids {sorted(ids)}, same variants on both hops every time: {same}")
 
 
+def _quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile over cumulative (upper bound, count) buckets."""
+    total = buckets[-1][1]
+    if total == 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+def per_variant_table(metrics_text: str, service: str) -> None:
+    """Requests, p50, p95 and error rate per flag variant, from flagwire's histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[tuple[str, str], dict[float, float]] = {}
+    requests: dict[tuple[str, str], float] = {}
+    errors: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "flagwire_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            key = (labels["flag"], labels["variant"])
+            if sample.name.endswith("_bucket"):
+                le = float(labels["le"])
+                buckets.setdefault(key, {})
+                buckets[key][le] = buckets[key].get(le, 0.0) + sample.value
+            elif sample.name.endswith("_count"):
+                requests[key] = requests.get(key, 0.0) + sample.value
+                if labels["status_class"] == "5xx":
+                    errors[key] = errors.get(key, 0.0) + sample.value
+    print(f"\nper variant, from {service}'s flagwire_request_duration_seconds:")
+    print(f"  {'flag':16} {'variant':12} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}")
+    for key in sorted(requests):
+        ladder = sorted(buckets[key].items())
+        p50, p95 = _quantile(0.5, ladder) * 1000, _quantile(0.95, ladder) * 1000
+        error_rate = errors.get(key, 0.0) / requests[key]
+        print(
+            f"  {key[0]:16} {key[1]:12} {requests[key]:8.0f} {p50:8.1f} {p95:8.1f} "
+            f"{error_rate:7.1%}"
+        )
+
+
+def print_trace(span_files: list[Path]) -> None:
+    """One trace through both services, with the flag events on its server spans."""
+    spans: list[dict[str, Any]] = []
+    for path in span_files:
+        if path.exists():
+            spans += [json.loads(line) for line in path.read_text().splitlines() if line]
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_trace.setdefault(span["context"]["trace_id"], []).append(span)
+    services = {str(s["resource"]["attributes"].get("service.name")) for s in spans}
+    chosen = next(
+        (
+            t
+            for t in by_trace.values()
+            if sum(1 for s in t if s["kind"] == "SpanKind.SERVER") >= 2
+            and any(e["name"] == "feature_flag.evaluation" for s in t for e in s["events"])
+        ),
+        None,
+    )
+    if chosen is None:
+        print(f"\nno trace through both services was recorded ({len(spans)} spans, {services})")
+        return
+    print(f"\none trace through both services ({chosen[0]['context']['trace_id']}):")
+    chosen.sort(key=lambda s: s["start_time"])
+    for span in chosen:
+        kind = span["kind"].replace("SpanKind.", "").lower()
+        print(f"  {span['name']:28} {kind:8} {span['attributes'].get('http.url', '')}")
+        for event in span["events"]:
+            if event["name"] != "feature_flag.evaluation":
+                continue
+            a = event["attributes"]
+            print(
+                f"      feature_flag.evaluation  {a['feature_flag.key']} = "
+                f"{a.get('feature_flag.result.variant', '-')}  "
+                f"[{a['feature_flag.result.reason']}]"
+            )
+
+
 def main() -> int:
     env = {
         **os.environ,
@@ -153,6 +246,8 @@ def main() -> int:
     gateway = f"http://127.0.0.1:{gateway_port}"
     service = f"http://127.0.0.1:{service_port}"
     print("gateway flags: examples/flags.yaml; service flags: examples/flags-service.yaml\n")
+    spans_dir = Path(tempfile.mkdtemp(prefix="flagwire-demo-"))
+    span_files = [spans_dir / "service.jsonl", spans_dir / "gateway.jsonl"]
     with ExitStack() as stack:
         start(
             [
@@ -169,7 +264,14 @@ def main() -> int:
                 "warning",
                 "flask_app:app",
             ],
-            {**env, "FLAGWIRE_FLAGS": str(HERE / "flags-service.yaml")},
+            {
+                **env,
+                "FLAGWIRE_FLAGS": str(HERE / "flags-service.yaml"),
+                "FLAGWIRE_EXAMPLE_SPANS": str(span_files[0]),
+                "OTEL_SERVICE_NAME": "checkout-service",
+                # The new checkout does 20 ms more work: the table below shows it.
+                "EXAMPLE_NEW_CHECKOUT_EXTRA_MS": "20",
+            },
             stack,
         )
         start(
@@ -187,12 +289,22 @@ def main() -> int:
                 "--log-level",
                 "warning",
             ],
-            {**env, "FLAGWIRE_FLAGS": str(HERE / "flags.yaml"), "SERVICE_URL": service},
+            {
+                **env,
+                "FLAGWIRE_FLAGS": str(HERE / "flags.yaml"),
+                "SERVICE_URL": service,
+                "FLAGWIRE_EXAMPLE_SPANS": str(span_files[1]),
+                "OTEL_SERVICE_NAME": "gateway",
+            },
             stack,
         )
         for url in (service, gateway):
             wait_ready(f"{url}/healthz")
         asyncio.run(traffic(gateway, service))
+        for name, url in (("the gateway", gateway), ("the service", service)):
+            scrape = httpx.get(f"{url}/metrics", trust_env=False, follow_redirects=True)
+            per_variant_table(scrape.text, name)
+        print_trace(span_files)
     return 0
 
 

@@ -9,10 +9,13 @@ The flag file is ``examples/flags.yaml`` (or ``$FLAGWIRE_FLAGS``).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
+from observability import telemetry, tracer_provider
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flagwire import FileSource, context
 from flagwire.flask import Flagwire, flags
@@ -20,10 +23,16 @@ from flagwire.flask import Flagwire, flags
 FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
 
 source = FileSource(FLAGS)
+provider = tracer_provider()
 app = Flask(__name__)
+if provider is not None:
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
 Flagwire(
     app,
     source=source,
+    telemetry=telemetry([source], traced=provider is not None),
     context=[
         context.headers(
             {
@@ -38,9 +47,15 @@ Flagwire(
 )
 
 
+# The demo sets this to make the new checkout measurably slower, as a regression would.
+EXTRA_MS = float(os.environ.get("EXAMPLE_NEW_CHECKOUT_EXTRA_MS", "0"))
+
+
 @app.get("/checkout")
 def checkout() -> dict[str, Any]:
     """Which checkout and ranking this user gets, and from which flag-set version."""
+    if EXTRA_MS and flags.boolean("new-checkout", False):
+        time.sleep(EXTRA_MS / 1000)
     return {
         "service": "flask",
         "user": flags.context.get("targetingKey"),
@@ -51,6 +66,12 @@ def checkout() -> dict[str, Any]:
         "decided": {k: a.variant for k, a in flags.evaluated().items()},
         "reasons": {k: a.reason.value for k, a in flags.evaluated().items()},
     }
+
+
+@app.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics (flagwire's among them)."""
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
 
 @app.get("/healthz")

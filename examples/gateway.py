@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from observability import telemetry, tracer_provider
+from prometheus_client import make_asgi_app
 
 from flagwire import FileSource, context
 from flagwire.fastapi import Flags, FlagwireMiddleware
@@ -29,10 +31,12 @@ FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.ya
 SERVICE_URL = os.environ.get("SERVICE_URL", "http://127.0.0.1:8001")
 
 source = FileSource(FLAGS)
+provider = tracer_provider()
 app = FastAPI(title="flagwire gateway example")
 app.add_middleware(
     FlagwireMiddleware,
     source=source,
+    telemetry=telemetry([source], traced=provider is not None),
     context=context.headers(
         {
             "x-user-id": "targetingKey",
@@ -43,6 +47,13 @@ app.add_middleware(
     ),
 )
 client = httpx.AsyncClient(transport=AsyncFlagwireTransport(), timeout=10.0)
+app.mount("/metrics", make_asgi_app())
+if provider is not None:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+    app.add_middleware(OpenTelemetryMiddleware, tracer_provider=provider)  # outermost
 
 
 @app.get("/checkout")
