@@ -1179,3 +1179,41 @@ def test_otel_metrics_have_the_meaning_of_the_prometheus_metrics() -> None:
     ]
     assert points["flagwire.source.up"] == [({"source": "old.json"}, 1)]
     assert points["flagwire.flags.expired"] == [({"source": "old.json"}, 1)]
+
+
+def test_otel_telemetry_opens_its_own_server_span_without_instrumentation() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def item(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(current_flags().string("banner", "?"))
+
+    app = Starlette(routes=[Route("/items/{item_id}", item)])
+    app.add_middleware(
+        FlagwireMiddleware,
+        source=FLAGSET,
+        propagation=False,
+        telemetry=[OTelTelemetry(server_spans=True, tracer_provider=provider)],
+    )
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/items/7")).status_code == 200
+
+    asyncio.run(run())
+    (span,) = exporter.get_finished_spans()
+    assert span.kind is SpanKind.SERVER
+    assert span.name == "GET /items/{item_id}"
+    assert span.attributes is not None
+    assert span.attributes["http.route"] == "/items/{item_id}"
+    assert span.attributes["http.response.status_code"] == 200
+    assert [e.attributes[FLAG_KEY] for e in span.events if e.attributes] == ["banner"]

@@ -143,11 +143,35 @@ class FlagwireMiddleware:
                 record()
             return send(message)
 
-        try:
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            if not state[1]:
-                record()
+        span = _open_span(binding, scope)
+        if span is None:
+            try:
+                await self.app(scope, receive, send_and_watch)
+            finally:
+                if not state[1]:
+                    record()
+            return
+        with span as current:  # no instrumentation made one: flagwire's own server span
+            try:
+                await self.app(scope, receive, send_and_watch)
+            finally:
+                if not state[1]:
+                    record()
+                route = getattr(scope.get("route"), "path", "")
+                if route:
+                    current.update_name(f"{scope.get('method', '')} {route}")
+                    current.set_attribute("http.route", route)
+                current.set_attribute("http.response.status_code", int(state[0]))
+
+
+def _open_span(binding: Binding, scope: Scope) -> Any:
+    for sink in binding.telemetry:
+        opener = getattr(sink, "open_span", None)
+        if opener is not None:
+            span = opener(scope.get("method", ""), scope)
+            if span is not None:
+                return span
+    return None
 
 
 def _add_cookie(message: Message, flags: BoundRequestFlags, binding: Binding, scope: Scope) -> None:

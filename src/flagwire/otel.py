@@ -197,11 +197,38 @@ class OTelTelemetry:
         max_flags: Decided flags put on a span per request; the rest are left out.
     """
 
-    def __init__(self, *, record_values: bool = False, max_flags: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        record_values: bool = False,
+        max_flags: int = 50,
+        server_spans: bool = False,
+        tracer_provider: Any = None,
+    ) -> None:
         self.record_values = record_values
         self.max_flags = max_flags
+        self.server_spans = server_spans
+        self._tracer = (
+            trace.get_tracer("flagwire", tracer_provider=tracer_provider) if server_spans else None
+        )
         # Event attributes repeat (same flag, variant, reason, version): validate them once.
         self._attributes: dict[tuple[Any, ...], Any] = {}
+
+    def open_span(self, method: str, scope: Any) -> Any:
+        """A server span for the request when nothing else made one (ASGI only), else None.
+
+        Used with ``server_spans=True`` in apps without OpenTelemetry's ASGI
+        instrumentation: the span is named ``METHOD route`` and carries
+        ``http.request.method``, ``url.path``, ``http.route`` and
+        ``http.response.status_code``.
+        """
+        if self._tracer is None or trace.get_current_span().is_recording():
+            return None
+        return self._tracer.start_as_current_span(
+            method,
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope.get("path", "")},
+        )
 
     def record(self, request: Any) -> None:
         span = trace.get_current_span()
