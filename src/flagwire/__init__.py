@@ -11,6 +11,7 @@ from ._assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reaso
 from ._definitions import FlagDefinition
 from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
 from ._flagset import FlagSet
+from ._http_source import HttpSource
 from ._propagation import KeyRing, Propagation, set_default_propagation
 from ._request import (
     RequestFlags,
@@ -34,6 +35,7 @@ __all__ = [
     "FlagType",
     "FlagsetError",
     "FlagwireError",
+    "HttpSource",
     "KeyRing",
     "Propagation",
     "Reason",
