@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from datetime import date, datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -24,12 +26,51 @@ from ._errors import ConfigError, FlagsetError
 from ._jsonlogic import Compiled, RuleError, TraceStep, compile_rule
 from ._types import Context, MetadataValue
 
-__all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet", "fit"]
+__all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet", "expiry_date", "fit"]
+
+logger = logging.getLogger("flagwire")
 
 FRACTIONAL_METADATA_KEY: Final = "flagwire.fractional"
 """Flag-set metadata key that selects the fractional algorithm (``"v2"`` or ``"v3"``)."""
 
 _EMPTY_CONTEXT: Final[dict[str, Any]] = {}
+
+
+# -- expiry: one warning per process per expired flag ----------------------------------
+
+_WARNED_EXPIRED: Final[set[str]] = set()
+
+
+def expiry_date(value: object) -> date | None:
+    """The day of a ``metadata.expires`` value (an ISO date, or the date part of an ISO
+    timestamp), or ``None`` if it is not one. A flag expires at the end of that day (UTC)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _warn_expired(flags: Mapping[str, FlagDefinition], owner: MetadataValue | None) -> None:
+    """Log each flag past its ``expires`` day, once per process per flag key."""
+    today: date | None = None
+    for key, definition in flags.items():
+        if key in _WARNED_EXPIRED:
+            continue
+        day = expiry_date(definition.metadata.get("expires"))
+        if day is None:
+            continue
+        if today is None:
+            today = datetime.now(timezone.utc).date()
+        if day < today:
+            _WARNED_EXPIRED.add(key)
+            logger.warning(
+                'flag "%s" expired on %s (owner: %s); remove it or extend expires',
+                key,
+                day.isoformat(),
+                definition.metadata.get("owner", owner) or "none",
+            )
 
 
 def _plain_copy(value: Any) -> Any:
@@ -322,6 +363,7 @@ class FlagSet:
         self._deciders: dict[str, Callable[[dict[str, Any]], Assignment]] = {
             key: flag.decide for key, flag in self._flags.items()
         }
+        _warn_expired(document.flags, document.metadata.get("owner"))
 
     # -- construction -------------------------------------------------------------------
 

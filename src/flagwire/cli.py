@@ -1,19 +1,27 @@
-"""The ``flagwire`` command: validate flag files, explain an evaluation.
+"""The ``flagwire`` command: validate flag files, explain an evaluation, audit flag
+hygiene, say what a change does.
 
 ::
 
     flagwire validate FILE...
     flagwire explain FILE --flag KEY [--context JSON] [--default JSON] [--type T] [--json]
+    flagwire audit FILE... [--today DATE] [--require owner,expires] [--expiring-within DAYS]
+                   [--json]
+    flagwire diff OLD NEW [--sample N] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
 from typing import Any
 
+from . import _audit, _diff
 from ._assignment import FlagType
 from ._errors import FlagsetError
 from ._flagset import FlagSet
@@ -75,6 +83,114 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+class _NoExpiryWarning(logging.Filter):
+    """Drops the load-time "flag expired" warning (audit reports expiry itself, and diff
+    is about the change)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "flagwire" and "expired on" in str(record.msg))
+
+
+@contextmanager
+def _quiet_expiry() -> Iterator[None]:
+    logger = logging.getLogger("flagwire")
+    quiet = _NoExpiryWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _load_all(paths: Sequence[str]) -> list[tuple[str, FlagSet]] | None:
+    """Load every file; ``None`` (after printing each error) if any is invalid."""
+    loaded = []
+    failed = False
+    for path in paths:
+        try:
+            loaded.append((path, FlagSet.from_path(path)))
+        except FlagsetError as exc:  # noqa: PERF203 - report every invalid file
+            print(exc, file=sys.stderr)
+            failed = True
+    return None if failed else loaded
+
+
+def _audit_cmd(args: argparse.Namespace) -> int:
+    with _quiet_expiry():
+        loaded = _load_all(args.files)
+    if loaded is None:
+        return 2
+    today: date = args.today or datetime.now(timezone.utc).date()
+    findings = [
+        finding
+        for path, flagset in loaded
+        for finding in _audit.audit(
+            flagset,
+            file=path,
+            today=today,
+            expiring_within=args.expiring_within,
+            require=args.require,
+        )
+    ]
+    ok = not _audit.broken(findings)
+    if args.json:
+        print(json.dumps({"findings": [f.to_dict() for f in findings], "ok": ok}))
+    else:
+        if findings:
+            for line in _audit.format_table(findings):
+                print(line)
+        flags = sum(len(flagset) for _, flagset in loaded)
+        print(_audit.summary(findings, flags, len(loaded)))
+    return 0 if ok else 1
+
+
+def _diff_cmd(args: argparse.Namespace) -> int:
+    with _quiet_expiry():
+        loaded = _load_all([args.old, args.new])
+    if loaded is None:
+        return 2
+    (_, old), (_, new) = loaded
+    found = _diff.diff(old, new, sample=args.sample)
+    if args.json:
+        out = {
+            "old": args.old,
+            "new": args.new,
+            "sample": args.sample,
+            "flags": [f.to_dict() for f in found],
+            "changed": bool(found),
+        }
+        print(json.dumps(out, default=str))
+        return 0
+    print(f"{args.old} -> {args.new}")
+    for line in _diff.format_text(found, args.sample):
+        print(line)
+    return 0
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _require(text: str) -> tuple[str, ...]:
+    try:
+        return _audit.parse_require(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagwire", description="Check and explain flagd flag-definition files."
@@ -102,6 +218,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--fractional", choices=("v2", "v3"), default=None)
     explain.add_argument("--json", action="store_true", help="print one JSON object")
+    audit = sub.add_parser(
+        "audit",
+        help="flag hygiene: expired, expiring, ownerless, unreachable variants, rolled out; "
+        "exit 1 if the policy is broken",
+    )
+    audit.add_argument("files", nargs="+", metavar="FILE")
+    audit.add_argument(
+        "--today", type=_day, default=None, metavar="DATE", help="judge expiry as of this day"
+    )
+    audit.add_argument(
+        "--require",
+        type=_require,
+        default=(),
+        metavar="FIELDS",
+        help=f"metadata every flag must have, comma-separated ({', '.join(_audit.REQUIRABLE)})",
+    )
+    audit.add_argument(
+        "--expiring-within",
+        type=_count,
+        default=_audit.DEFAULT_EXPIRING_WITHIN,
+        metavar="DAYS",
+        help=f"warn about flags expiring within DAYS (default {_audit.DEFAULT_EXPIRING_WITHIN})",
+    )
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
+    diff = sub.add_parser(
+        "diff", help="what a change to a flag file does, and who moves between variants"
+    )
+    diff.add_argument("old", metavar="OLD")
+    diff.add_argument("new", metavar="NEW")
+    diff.add_argument(
+        "--sample",
+        type=_count,
+        default=_diff.DEFAULT_SAMPLE,
+        metavar="N",
+        help=f"synthetic users user-0..N-1 to evaluate (default {_diff.DEFAULT_SAMPLE})",
+    )
+    diff.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -110,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args.files, args.fractional)
+    if args.command == "audit":
+        return _audit_cmd(args)
+    if args.command == "diff":
+        return _diff_cmd(args)
     return _explain(args)
 
 
