@@ -139,10 +139,8 @@ class BoundRequestFlags(RequestFlags):
     def __init__(self, binding: Binding, raw: Any) -> None:
         self.flagset = flagset = binding.source.flagset  # pinned for the whole request
         self._deciders = flagset._deciders
-        self._upstream = None
         self._context = None
         self._memo = {}
-        self._served = None
         self._binding = binding
         self._raw = raw
         self.new_anonymous_id: str | None = None

@@ -9,7 +9,6 @@ built lazily, the first time a flag needs it.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -35,7 +34,6 @@ logger = logging.getLogger("flagwire")
 
 T = TypeVar("T")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_COMMIT = threading.Lock()
 _BUILDERS: dict[int, int] = {}  # request flags whose context is being built -> the thread
 
 
@@ -50,7 +48,11 @@ class RequestFlags:
         flagset: The flag set pinned for this request.
     """
 
-    __slots__ = ("_context", "_deciders", "_memo", "_served", "_upstream", "flagset")
+    # _served and _upstream are rarely set: class defaults, and an instance dict only for
+    # the requests that set them (one attribute store fewer per request).
+    __slots__ = ("__dict__", "_context", "_deciders", "_memo", "flagset")
+    _served: dict[str, Assignment] | None = None
+    _upstream: Mapping[str, str] | None = None
 
     def __init__(
         self,
@@ -63,8 +65,8 @@ class RequestFlags:
         self._deciders = flagset._deciders
         self._context: dict[str, Any] | None = {} if context is None else dict(context)
         self._memo: dict[str, Assignment] = {}
-        self._served: dict[str, Assignment] | None = None
-        self._upstream = upstream
+        if upstream is not None:
+            self._upstream = upstream
 
     def __contains__(self, key: object) -> bool:
         return key in self.flagset
@@ -102,12 +104,11 @@ class RequestFlags:
             built, new_id = {}, None
         finally:
             del _BUILDERS[me]
-        with _COMMIT:
-            if self._context is None:
-                self._context = built
-                if new_id is not None:
-                    self._new_anonymous_id(new_id)
-            return self._context
+        # Only this thread builds (others wait for it): no lock to publish the result.
+        if new_id is not None:
+            self._new_anonymous_id(new_id)
+        self._context = built
+        return built
 
     def _await_context(self, me: int) -> dict[str, Any]:
         deadline = monotonic() + 10.0
