@@ -15,12 +15,22 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from flagwire import FileSource, context
+from flagwire import FileSource, HttpSource, context
 from flagwire.fastapi import Flags, FlagwireMiddleware
 
 FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
 
-source = FileSource(FLAGS)
+FLAGS_URL = os.environ.get("FLAGWIRE_FLAGS_URL")
+
+source: FileSource | HttpSource
+if FLAGS_URL:
+    source = HttpSource(
+        FLAGS_URL,
+        interval=float(os.environ.get("FLAGWIRE_FLAGS_INTERVAL", "2")),
+        cache_path=os.environ.get("FLAGWIRE_FLAGS_CACHE"),
+    )
+else:
+    source = FileSource(FLAGS)
 app = FastAPI(title="flagwire FastAPI example")
 app.add_middleware(
     FlagwireMiddleware,

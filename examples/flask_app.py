@@ -17,12 +17,22 @@ from flask import Flask, Response
 from observability import telemetry, tracer_provider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flagwire import FileSource, context
+from flagwire import FileSource, HttpSource, context
 from flagwire.flask import Flagwire, flags
 
 FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
 
-source = FileSource(FLAGS)
+FLAGS_URL = os.environ.get("FLAGWIRE_FLAGS_URL")
+
+source: FileSource | HttpSource
+if FLAGS_URL:
+    source = HttpSource(
+        FLAGS_URL,
+        interval=float(os.environ.get("FLAGWIRE_FLAGS_INTERVAL", "2")),
+        cache_path=os.environ.get("FLAGWIRE_FLAGS_CACHE"),
+    )
+else:
+    source = FileSource(FLAGS)
 provider = tracer_provider()
 app = Flask(__name__)
 if provider is not None:
