@@ -3,8 +3,10 @@
 Run it:  ``uvicorn fastapi_app:app --app-dir examples --port 8000``
 then:    ``curl -H 'x-user-id: alice' -H 'x-plan: beta' localhost:8000/checkout``
 
-The flag file is ``examples/flags.yaml`` (or ``$FLAGWIRE_FLAGS``); edit it while the
-service runs and the next requests use the new version.
+The flag file is ``examples/flags.yaml`` (or ``$FLAGWIRE_FLAGS``, or served over HTTP at
+``$FLAGWIRE_FLAGS_URL``); edit it while the service runs and the next requests use the new
+version. Prometheus metrics are at ``/metrics``; with ``$FLAGWIRE_EXAMPLE_SPANS`` set to a
+file, OpenTelemetry spans (with the flags on them) are written there, one JSON a line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from observability import telemetry, tracer_provider
+from prometheus_client import make_asgi_app
 
 from flagwire import FileSource, HttpSource, context
 from flagwire.fastapi import Flags, FlagwireMiddleware
@@ -31,10 +35,13 @@ if FLAGS_URL:
     )
 else:
     source = FileSource(FLAGS)
+provider = tracer_provider()
 app = FastAPI(title="flagwire FastAPI example")
+app.mount("/metrics", make_asgi_app())
 app.add_middleware(
     FlagwireMiddleware,
     source=source,
+    telemetry=telemetry([source], traced=provider is not None),
     context=[
         context.headers(
             {
@@ -47,6 +54,10 @@ app.add_middleware(
         context.client(),
     ],
 )
+if provider is not None:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    app.add_middleware(OpenTelemetryMiddleware, tracer_provider=provider)  # outermost
 
 
 @app.get("/checkout")
