@@ -134,7 +134,9 @@ class Binding:
 class BoundRequestFlags(RequestFlags):
     """Request flags whose context is built, on first use, from the framework's request."""
 
-    __slots__ = ("_binding", "_raw", "new_anonymous_id")
+    __slots__ = ("_binding", "_raw")
+    new_anonymous_id: str | None = None
+    """A new anonymous id this request made, until it is sent back in a cookie."""
 
     def __init__(self, binding: Binding, raw: Any) -> None:
         self.flagset = flagset = binding.source.flagset  # pinned for the whole request
@@ -143,7 +145,6 @@ class BoundRequestFlags(RequestFlags):
         self._memo = {}
         self._binding = binding
         self._raw = raw
-        self.new_anonymous_id: str | None = None
 
     def _receive(self, propagation: Propagation, request: Any, context: dict[str, Any]) -> None:
         """Honour a trusted upstream's assignments (and targeting key) from ``baggage``."""

@@ -95,22 +95,62 @@ def handle(
     binding's telemetry when the body is closed (route ``""``: WSGI has no templates)."""
     flags = BoundRequestFlags(binding, environ)
     environ[ENVIRON_KEY] = flags
+    if record and binding.telemetry:
+        return _handle_watched(app, binding, environ, start_response, flags, wrap_body)
     token = _current.set(flags)
-    watch = record and bool(binding.telemetry)
-    if watch:
-        environ[STARTED_KEY] = perf_counter()
+    try:
+        if binding.cookie_name is None:
+            body = app(environ, start_response)
+        else:
+
+            def start(
+                status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+            ) -> Callable[[bytes], object]:
+                if flags.new_anonymous_id is not None:
+                    headers = _with_cookie(headers, flags, binding, environ)
+                if exc_info is None:
+                    return start_response(status, headers)
+                return start_response(status, headers, exc_info)
+
+            body = app(environ, start)
+    finally:
+        _current.reset(token)
+    return _FlagsBody(body, flags) if wrap_body else body
+
+
+def _with_cookie(
+    headers: list[tuple[str, str]],
+    flags: BoundRequestFlags,
+    binding: Binding,
+    environ: dict[str, Any],
+) -> list[tuple[str, str]]:
+    new_id = flags.new_anonymous_id
+    if new_id is None:
+        return headers
+    flags.new_anonymous_id = None
+    secure = environ.get("wsgi.url_scheme") == "https"
+    return [*headers, ("Set-Cookie", binding.set_cookie_value(new_id, secure=secure))]
+
+
+def _handle_watched(
+    app: WSGIApp,
+    binding: Binding,
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    flags: BoundRequestFlags,
+    wrap_body: bool,
+) -> Iterable[bytes]:
+    """:func:`handle` with telemetry: the status is watched, the request recorded."""
+    environ[STARTED_KEY] = perf_counter()
     seen_status = [500]
+    token = _current.set(flags)
 
     def start(
         status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
-        if watch:
-            seen_status[0] = int(status[:3]) if status[:3].isdigit() else 500
-        new_id = flags.new_anonymous_id
-        if new_id is not None:
-            flags.new_anonymous_id = None
-            secure = environ.get("wsgi.url_scheme") == "https"
-            headers = [*headers, ("Set-Cookie", binding.set_cookie_value(new_id, secure=secure))]
+        seen_status[0] = int(status[:3]) if status[:3].isdigit() else 500
+        if flags.new_anonymous_id is not None:
+            headers = _with_cookie(headers, flags, binding, environ)
         if exc_info is None:
             return start_response(status, headers)
         return start_response(status, headers, exc_info)
@@ -125,16 +165,15 @@ def handle(
         )
 
     try:
-        body = app(environ, start if binding.cookie_name or watch else start_response)
+        body = app(environ, start)
     except BaseException:
-        if watch:
-            finish()
+        finish()
         raise
     finally:
         _current.reset(token)
     if not wrap_body:
         return body
-    return _FlagsBody(body, flags, finish if watch else None)
+    return _FlagsBody(body, flags, finish)
 
 
 class _FlagsBody:
