@@ -90,16 +90,21 @@ def _free_port() -> int:
 def _command(
     framework: str, app_dir: Path, module: str, port: int, workers: int, extra: Sequence[str]
 ) -> list[str]:
+    # The servers keep idle connections longer than the tests' client pools do, so a pooled
+    # connection is never closed by the server just as a client reuses it (a ReadError
+    # that is no one's bug). Later options win, so ``extra`` may override this.
     if framework == "fastapi":
         return [
             sys.executable, "-m", "uvicorn", f"{module}:app",
             "--app-dir", str(app_dir), "--host", HOST, "--port", str(port),
-            "--no-access-log", "--timeout-graceful-shutdown", "2", *extra,
+            "--no-access-log", "--timeout-graceful-shutdown", "2",
+            "--timeout-keep-alive", "30", *extra,
         ]  # fmt: skip
     return [
         sys.executable, "-m", "gunicorn", "--chdir", str(app_dir),
         "-b", f"{HOST}:{port}", "--workers", str(workers), "--threads", "8",
-        "--graceful-timeout", "2", *_NO_CONTROL_SOCKET, *extra, f"{module}:app",
+        "--graceful-timeout", "2", "--keep-alive", "30", *_NO_CONTROL_SOCKET, *extra,
+        f"{module}:app",
     ]  # fmt: skip
 
 

@@ -180,7 +180,7 @@ class _ChainLauncher:
                 if hop == "edge":
                     env.update(edge_env or {})
                 log = self.directory / f"{client}-{hop}-{ports[hop]}.log"
-                # gunicorn: 2 workers x 8 threads
+                # gunicorn: 2 workers x 8 threads (long keep-alive: see _command)
                 command = _command(framework, TEST_APPS, f"chain_{framework}", ports[hop], 2, ())
                 with log.open("wb") as out:
                     process = subprocess.Popen(
