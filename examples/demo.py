@@ -260,6 +260,8 @@ def main() -> int:
                 f"127.0.0.1:{service_port}",
                 "--threads",
                 "8",
+                "--keep-alive",  # longer than the gateway's client pool keeps connections
+                "30",
                 "--log-level",
                 "warning",
                 "flask_app:app",
@@ -286,6 +288,8 @@ def main() -> int:
                 "127.0.0.1",
                 "--port",
                 str(gateway_port),
+                "--timeout-keep-alive",
+                "30",
                 "--log-level",
                 "warning",
             ],
