@@ -11,30 +11,16 @@ file, OpenTelemetry spans (with the flags on them) are written there, one JSON a
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
+from example_setup import flag_source, telemetry, tracer_provider
 from fastapi import FastAPI
-from observability import telemetry, tracer_provider
 from prometheus_client import make_asgi_app
 
-from flagwire import FileSource, HttpSource, context
+from flagwire import context
 from flagwire.fastapi import Flags, FlagwireMiddleware
 
-FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
-
-FLAGS_URL = os.environ.get("FLAGWIRE_FLAGS_URL")
-
-source: FileSource | HttpSource
-if FLAGS_URL:
-    source = HttpSource(
-        FLAGS_URL,
-        interval=float(os.environ.get("FLAGWIRE_FLAGS_INTERVAL", "2")),
-        cache_path=os.environ.get("FLAGWIRE_FLAGS_CACHE"),
-    )
-else:
-    source = FileSource(FLAGS)
+source = flag_source()
 provider = tracer_provider()
 app = FastAPI(title="flagwire FastAPI example")
 app.mount("/metrics", make_asgi_app())

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
+from example_setup import flag_source, telemetry, tracer_provider
 from flask import Flask, Response
-from observability import telemetry, tracer_provider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flagwire import FileSource, HttpSource, context
+from flagwire import context
 from flagwire.flask import Flagwire, flags
 
-FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
-
-FLAGS_URL = os.environ.get("FLAGWIRE_FLAGS_URL")
-
-source: FileSource | HttpSource
-if FLAGS_URL:
-    source = HttpSource(
-        FLAGS_URL,
-        interval=float(os.environ.get("FLAGWIRE_FLAGS_INTERVAL", "2")),
-        cache_path=os.environ.get("FLAGWIRE_FLAGS_CACHE"),
-    )
-else:
-    source = FileSource(FLAGS)
+source = flag_source()
 provider = tracer_provider()
 app = Flask(__name__)
 if provider is not None:

@@ -15,22 +15,20 @@ variants even where its own flag file rolls the flag out differently.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import httpx
+from example_setup import flag_source, telemetry, tracer_provider
 from fastapi import FastAPI
-from observability import telemetry, tracer_provider
 from prometheus_client import make_asgi_app
 
-from flagwire import FileSource, context
+from flagwire import context
 from flagwire.fastapi import Flags, FlagwireMiddleware
 from flagwire.httpx import AsyncFlagwireTransport
 
-FLAGS = Path(os.environ.get("FLAGWIRE_FLAGS", Path(__file__).with_name("flags.yaml")))
 SERVICE_URL = os.environ.get("SERVICE_URL", "http://127.0.0.1:8001")
 
-source = FileSource(FLAGS)
+source = flag_source()
 provider = tracer_provider()
 app = FastAPI(title="flagwire gateway example")
 app.add_middleware(

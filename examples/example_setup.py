@@ -1,6 +1,9 @@
-"""Telemetry for the examples: Prometheus metrics always, traces when asked.
+"""What the example services share: where their flags come from, and their telemetry.
 
-Both example services call :func:`telemetry` for flagwire's ``telemetry=`` list. With
+:func:`flag_source` reads ``$FLAGWIRE_FLAGS`` (a file, default ``examples/flags.yaml``) or
+``$FLAGWIRE_FLAGS_URL`` (a central file over HTTP, polled every
+``$FLAGWIRE_FLAGS_INTERVAL`` seconds, cached at ``$FLAGWIRE_FLAGS_CACHE``). The services
+call :func:`telemetry` for flagwire's ``telemetry=`` list: Prometheus metrics always. With
 ``$FLAGWIRE_EXAMPLE_SPANS`` set to a file, they also record OpenTelemetry traces there (one
 JSON span a line), which is how the demo shows a trace across the two services without a
 collector. In your own service, export spans to your backend instead (OTLP).
@@ -11,13 +14,27 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from flagwire import Source
+from flagwire import FileSource, HttpSource, Source
 from flagwire.otel import OTelTelemetry
 from flagwire.prometheus import PrometheusTelemetry
 
 SPANS_FILE = os.environ.get("FLAGWIRE_EXAMPLE_SPANS")
+DEFAULT_FLAGS = Path(__file__).with_name("flags.yaml")
+
+
+def flag_source() -> FileSource | HttpSource:
+    """The example's flag source, from the environment (see the module docstring)."""
+    url = os.environ.get("FLAGWIRE_FLAGS_URL")
+    if url:
+        return HttpSource(
+            url,
+            interval=float(os.environ.get("FLAGWIRE_FLAGS_INTERVAL", "2")),
+            cache_path=os.environ.get("FLAGWIRE_FLAGS_CACHE"),
+        )
+    return FileSource(Path(os.environ.get("FLAGWIRE_FLAGS", DEFAULT_FLAGS)))
 
 
 def tracer_provider() -> Any:
