@@ -19,7 +19,16 @@ from functools import lru_cache
 from typing import Any
 
 from . import _custom_ops as cops
-from ._jsonlogic_ops import BOOLEAN_OPS, equals, greater, greater_equal, less, less_equal, truthy
+from ._jsonlogic_ops import (
+    equals,
+    greater,
+    greater_equal,
+    is_literal,
+    less,
+    less_equal,
+    returns_bool,
+    truthy,
+)
 
 __all__ = ["generate_decider", "generate_rule"]
 
@@ -68,7 +77,7 @@ class _Generator:
 
     def closure(self, logic: Any, top: bool, at: str) -> tuple[str, str]:
         fn = self.fallback(logic, top, at)
-        kind = _BOOL if _returns_bool(logic) else _ANY
+        kind = _BOOL if returns_bool(logic) else _ANY
         return f"{self.name(fn, '_c')}(d)", kind
 
     # -- dispatch -----------------------------------------------------------------
@@ -103,7 +112,7 @@ class _Generator:
         get = f"d.get({key!r})"
         if len(args) == 1 or args[1] is None:
             return get, _ANY
-        if not _is_literal(args[1]):
+        if not is_literal(args[1]):
             return None
         t = self.temp()
         return f"({t} if ({t} := {get}) is not None else {self.literal(args[1])})", _ANY
@@ -128,9 +137,9 @@ class _Generator:
         if len(args) != 2:
             return None
         left, right = args
-        if isinstance(right, str) and not _is_literal(left):
+        if isinstance(right, str) and not is_literal(left):
             expr, lit, lit_first = left, right, False
-        elif isinstance(left, str) and not _is_literal(right):
+        elif isinstance(left, str) and not is_literal(right):
             expr, lit, lit_first = right, left, True
         else:
             return None
@@ -147,7 +156,7 @@ class _Generator:
         return self.equality("!=", args, at)
 
     def in_(self, args: list[Any], at: str) -> tuple[str, str] | None:
-        if len(args) != 2 or not isinstance(args[1], list) or not _is_literal(args[1]):
+        if len(args) != 2 or not isinstance(args[1], list) or not is_literal(args[1]):
             return None
         haystack = args[1]
         value, _ = self.expr(args[0], f"{at}/0")
@@ -160,7 +169,7 @@ class _Generator:
         ), _BOOL
 
     def order(self, op: str, args: list[Any], at: str) -> tuple[str, str] | None:
-        if len(args) != 2 or _is_literal(args[0]):
+        if len(args) != 2 or is_literal(args[0]):
             return None
         bound = args[1]
         if not isinstance(bound, (int, float)) or isinstance(bound, bool):
@@ -187,16 +196,16 @@ class _Generator:
         return f"(not {self.cond(args[0], f'{at}/0')})", _BOOL
 
     def string_op(self, method: str, args: list[Any], at: str) -> tuple[str, str] | None:
-        if len(args) != 2 or not isinstance(args[1], str) or _is_literal(args[0]):
+        if len(args) != 2 or not isinstance(args[1], str) or is_literal(args[0]):
             return None
         value, _ = self.expr(args[0], f"{at}/0")
         t = self.temp()
         return f"({t}.{method}({args[1]!r}) if type({t} := {value}) is str else None)", _BOOL
 
     def sem_ver(self, args: list[Any], at: str) -> tuple[str, str] | None:
-        if len(args) != 3 or _is_literal(args[0]) or not _is_literal(args[1]):
+        if len(args) != 3 or is_literal(args[0]) or not is_literal(args[1]):
             return None
-        if not _is_literal(args[2]):
+        if not is_literal(args[2]):
             return None
         compare = cops.semver_operator(args[1])
         right = cops.parse_semver(args[2])
@@ -217,7 +226,7 @@ class _Generator:
         ), _BOOL
 
     def fractional(self, args: list[Any], at: str) -> tuple[str, str] | None:
-        if not args or not isinstance(args[0], list) or not _is_literal(args):
+        if not args or not isinstance(args[0], list) or not is_literal(args):
             return None  # only the shorthand over literal buckets is inlined
         bucketer = cops.Bucketer.parse(args)
         if bucketer is None or not 0 < bucketer.total <= cops.MAX_WEIGHT_SUM:
@@ -259,19 +268,6 @@ _HANDLERS: dict[str, _Handler] = {
     "sem_ver": _Generator.sem_ver,
     "fractional": _Generator.fractional,
 }
-
-
-def _is_literal(logic: Any) -> bool:
-    if isinstance(logic, list):
-        return all(_is_literal(item) for item in logic)
-    return not (isinstance(logic, dict) and len(logic) == 1)
-
-
-def _returns_bool(logic: Any) -> bool:
-    if isinstance(logic, dict) and len(logic) == 1:
-        op = next(iter(logic))
-        return op in BOOLEAN_OPS or op in ("sem_ver", "starts_with", "ends_with")
-    return isinstance(logic, bool)
 
 
 def generate_rule(

@@ -131,8 +131,8 @@ _TYPE_NAMES: Final[dict[type, str]] = {t: ft.value for ft, t in _EXPECT_OF_FLAG_
 _UNSET: Final = object()
 
 
-_Match = tuple[Assignment, frozenset[type], frozenset[type]]
-"""A prebuilt result, the expected types it satisfies, the default types it fits as is."""
+_Match = tuple[Assignment, frozenset[type]]
+"""A prebuilt result, and the default types it fits as is (the hot path's whole check)."""
 
 
 class _CompiledFlag:
@@ -174,11 +174,7 @@ class _CompiledFlag:
         def result(variant: str, reason: Reason) -> _Match:
             value = definition.variants[variant]
             assignment = Assignment(key, value, variant, reason, None, None, self.metadata, version)
-            return (
-                assignment,
-                _SATISFIES.get(type(value), _ONLY_NONE),
-                _AS_IS.get(type(value), _ONLY_NONE),
-            )
+            return assignment, _AS_IS.get(type(value), _ONLY_NONE)
 
         # flagd treats a chosen variant with a null value or an empty name as an error.
         self.matches = {
@@ -261,31 +257,7 @@ class _CompiledFlag:
             return Assignment(
                 self.key, default, None, Reason.DEFAULT, None, None, self.metadata, self.version
             )
-        result, satisfies, _ = match
-        expect = (
-            _EXPECT.get(type(default), _NONE_TYPE)
-            if flag_type is None
-            else _EXPECT_OF_FLAG_TYPE[flag_type]
-        )
-        if expect not in satisfies:
-            return self.error(
-                default,
-                ErrorCode.TYPE_MISMATCH,
-                f'expected {_TYPE_NAMES.get(expect, "?")}, but variant "{result.variant}" '
-                f"is {type(result.value).__name__}",
-            )
-        if expect is float and type(result.value) is int:
-            return Assignment(
-                self.key,
-                float(result.value),
-                result.variant,
-                result.reason,
-                None,
-                None,
-                self.metadata,
-                self.version,
-            )
-        return result
+        return fit(match[0], default, flag_type)  # the type check and float conversion
 
     def _decide_without_rule(self, context: dict[str, Any]) -> Assignment:
         match = self.static_result
@@ -463,7 +435,7 @@ class FlagSet:
         rule = flag.rule
         if rule is None:
             match = flag.static_result
-            if match is not None and flag_type is None and type(default) in match[2]:
+            if match is not None and flag_type is None and type(default) in match[1]:
                 return match[0]
             return flag.resolve(_UNSET, context, default, flag_type)
         if type(context) is not dict:
@@ -474,7 +446,7 @@ class FlagSet:
             return flag.failed(exc, default)
         if type(chosen) is str and flag_type is None:
             match = flag.matches.get(chosen)
-            if match is not None and type(default) in match[2]:
+            if match is not None and type(default) in match[1]:
                 return match[0]
         return flag.resolve(chosen, context, default, flag_type)
 

@@ -22,12 +22,13 @@ from typing import Any, Final
 from . import _custom_ops as cops
 from ._codegen import generate_rule
 from ._jsonlogic_ops import (
-    BOOLEAN_OPS,
     DATA_OPS,
     NUMERIC,
     VALUE_OPS,
     equals,
+    is_literal,
     missing,
+    returns_bool,
     to_number,
     truthy,
     var,
@@ -57,12 +58,6 @@ class RuleError(Exception):
     """
 
 
-def _is_literal(logic: Any) -> bool:
-    if isinstance(logic, list):
-        return all(_is_literal(item) for item in logic)
-    return not (isinstance(logic, dict) and len(logic) == 1)
-
-
 def _const(value: Any) -> Compiled:
     return lambda d: value
 
@@ -89,7 +84,7 @@ class _Compiler:
 
     def compile(self, logic: Any, top: bool, at: str) -> Compiled:
         if isinstance(logic, list):
-            if _is_literal(logic):
+            if is_literal(logic):
                 return _const(logic)
             items = [self.compile(x, top, f"{at}/{i}") for i, x in enumerate(logic)]
             return lambda d: [f(d) for f in items]
@@ -107,7 +102,7 @@ class _Compiler:
         if op in _ITERATION_OPS:
             return self._iteration(op, args, top, here)
         fs = [self.compile(a, top, f"{here}/{i}") for i, a in enumerate(args)]
-        consts = [_is_literal(a) for a in args]
+        consts = [is_literal(a) for a in args]
         if op == "var":
             return self._var(args, fs, consts, top)
         if op in DATA_OPS:
@@ -139,7 +134,7 @@ class _Compiler:
     def _if(self, args: list[Any], top: bool, at: str) -> Compiled:
         fs = [self.compile(a, top, f"{at}/{i}") for i, a in enumerate(args)]
         trace = self.trace
-        bool_conds = [self._returns_bool(a) for a in args]
+        bool_conds = [returns_bool(a) for a in args]
         if trace is None and len(fs) == 3:
             return self._if3(args, fs, bool_conds[0])
         n = len(fs)
@@ -166,7 +161,7 @@ class _Compiler:
         # The common ``if``: one condition, two branches; literal branches are inlined.
         c, a, b = fs
         test = c if bool_cond else (lambda d: truthy(c(d)))
-        a_lit, b_lit = _is_literal(args[1]), _is_literal(args[2])
+        a_lit, b_lit = is_literal(args[1]), is_literal(args[2])
         if a_lit and b_lit:
             va, vb = args[1], args[2]
             return lambda d: va if test(d) else vb
@@ -297,14 +292,6 @@ class _Compiler:
             raise RuleError(message)
 
         return fail
-
-    def _returns_bool(self, logic: Any) -> bool:
-        # Operations that always give a bool (or None for flagd's custom ones), where
-        # Python truthiness equals JsonLogic's.
-        if isinstance(logic, dict) and len(logic) == 1:
-            op = next(iter(logic))
-            return op in BOOLEAN_OPS or op in ("sem_ver", "starts_with", "ends_with")
-        return isinstance(logic, bool)
 
     # -- data access --------------------------------------------------------------------
 

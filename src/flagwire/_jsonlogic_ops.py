@@ -296,3 +296,19 @@ DATA_OPS: dict[str, Callable[..., Any]] = {
 BOOLEAN_OPS = frozenset(
     {"==", "!=", "===", "!==", "<", ">", "<=", ">=", "!", "!!", "in", "all", "some", "none"}
 )
+
+
+def is_literal(logic: Any) -> bool:
+    """Whether a rule node is a constant (no operation anywhere in it)."""
+    if isinstance(logic, list):
+        return all(is_literal(item) for item in logic)
+    return not (isinstance(logic, dict) and len(logic) == 1)
+
+
+def returns_bool(logic: Any) -> bool:
+    """Whether a node always gives a bool (or None, for flagd's custom operations), so
+    Python truthiness equals JsonLogic's for it."""
+    if isinstance(logic, dict) and len(logic) == 1:
+        op = next(iter(logic))
+        return op in BOOLEAN_OPS or op in ("sem_ver", "starts_with", "ends_with")
+    return isinstance(logic, bool)
