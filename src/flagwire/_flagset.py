@@ -127,6 +127,8 @@ _AS_IS: Final[dict[type, frozenset[type]]] = {
     list: frozenset({dict, list, _NONE_TYPE}),
 }
 _ONLY_NONE: Final = frozenset({_NONE_TYPE})
+# By FlagType value: an Enum member's own hash is computed in Python, its value's is not.
+_EXPECT_BY_VALUE: Final[dict[str, type]] = {ft.value: t for ft, t in _EXPECT_OF_FLAG_TYPE.items()}
 _TYPE_NAMES: Final[dict[type, str]] = {t: ft.value for ft, t in _EXPECT_OF_FLAG_TYPE.items()}
 _UNSET: Final = object()
 
@@ -432,10 +434,13 @@ class FlagSet:
         if flag is None:
             return self._not_found(key, default)
         # The hot path: a prebuilt result that fits the caller's default as it is.
+        # (The expected type as the Python type of a default: the typed getters' flag_type
+        # and an untyped call's default are checked the same way.)
+        expect = type(default) if flag_type is None else _EXPECT_BY_VALUE[flag_type._value_]
         rule = flag.rule
         if rule is None:
             match = flag.static_result
-            if match is not None and flag_type is None and type(default) in match[1]:
+            if match is not None and expect in match[1]:
                 return match[0]
             return flag.resolve(_UNSET, context, default, flag_type)
         if type(context) is not dict:
@@ -444,9 +449,9 @@ class FlagSet:
             chosen = rule(context)
         except Exception as exc:  # a rule that fails never fails the caller
             return flag.failed(exc, default)
-        if type(chosen) is str and flag_type is None:
+        if type(chosen) is str:
             match = flag.matches.get(chosen)
-            if match is not None and type(default) in match[1]:
+            if match is not None and expect in match[1]:
                 return match[0]
         return flag.resolve(chosen, context, default, flag_type)
 
