@@ -66,7 +66,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import weakref
 from dataclasses import replace
 from datetime import datetime, timezone
 from email.message import Message
@@ -76,7 +75,7 @@ from typing import Any
 
 from ._errors import ConfigError, FlagsetError, SourceError
 from ._flagset import FlagSet
-from ._sources import _SourceBase
+from ._sources import _PollingSource
 
 __all__ = ["HttpSource"]
 
@@ -178,7 +177,7 @@ class _Fetched:
         self.not_modified = not_modified
 
 
-class HttpSource(_SourceBase):
+class HttpSource(_PollingSource):
     """A flagd flag file fetched over HTTP(S) and polled for changes.
 
     The first fetch happens in the constructor (it waits at most about ``timeout``
@@ -248,9 +247,6 @@ class HttpSource(_SourceBase):
         self._fractional = fractional
         self._random = random.Random()
         self._opener = urllib.request.build_opener()
-        self._refresh_lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # The validators of the document in force (never of a rejected one).
         self.etag: str | None = None
         self.last_modified: str | None = None
@@ -285,7 +281,6 @@ class HttpSource(_SourceBase):
             )
         if self.interval > 0:
             self._start_polling()
-            _POLLING.add(self)
 
     # -- status helpers ----------------------------------------------------------------
 
@@ -509,37 +504,21 @@ class HttpSource(_SourceBase):
 
     # -- the poller ----------------------------------------------------------------------
 
-    def _start_polling(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"flagwire-http:{self.display_url}", daemon=True
-        )
-        self._thread.start()
+    _refresh_lock_type = threading.RLock  # refresh() and the poller share the fetch
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.next_delay):
-            self._poll()
+    @property
+    def _join_timeout(self) -> float:  # type: ignore[override]
+        return self.timeout + 5
+
+    def _delay(self) -> float:
+        return self.next_delay
+
+    def _thread_name(self) -> str:
+        return f"flagwire-http:{self.display_url}"
 
     def _after_fork(self) -> None:
-        # A forked child (gunicorn --preload, multiprocessing) has no poller thread, and
-        # its locks may have been held at the fork: new ones, and a new poller.
-        self._lock = threading.Lock()
-        self._refresh_lock = threading.RLock()
         self._random = random.Random()  # children must not poll in lock-step
-        if not self._stop.is_set():
-            self._stop = threading.Event()
-            self._start_polling()
-
-    def close(self) -> None:
-        """Stop polling (a fetch in progress finishes, within ``timeout``)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.timeout + 5)
-
-    def __enter__(self) -> HttpSource:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        super()._after_fork()
 
     def __repr__(self) -> str:
         return f"<HttpSource {self.display_url} {self._status.version} ok={self._status.ok}>"
@@ -551,15 +530,3 @@ def _reason(reason: object, timeout: float) -> str:
     if isinstance(reason, BaseException):
         return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
     return str(reason)
-
-
-_POLLING: weakref.WeakSet[HttpSource] = weakref.WeakSet()
-
-
-def _restart_pollers_after_fork() -> None:
-    for source in list(_POLLING):
-        source._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_pollers_after_fork)

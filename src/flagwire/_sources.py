@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ._errors import ConfigError, FlagsetError, SourceError
 from ._flagset import FlagSet
@@ -137,7 +137,78 @@ class _SourceBase:
         logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
 
 
-class FileSource(_SourceBase):
+_P = TypeVar("_P", bound="_PollingSource")
+
+
+class _PollingSource(_SourceBase):
+    """A source a daemon thread refreshes, restarted in forked children.
+
+    Subclasses set ``_refresh_lock`` (a ``Lock`` unless they need an ``RLock``),
+    implement :meth:`_poll` and :meth:`_delay`, and call :meth:`_start_polling`.
+    """
+
+    _refresh_lock_type: Callable[[], Any] = threading.Lock
+    _join_timeout = 5.0
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = self._refresh_lock_type()
+
+    def _poll(self) -> object:
+        raise NotImplementedError
+
+    def _delay(self) -> float:
+        raise NotImplementedError
+
+    def _thread_name(self) -> str:
+        return f"flagwire-source:{self._name}"
+
+    def _start_polling(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._thread_name(), daemon=True)
+        self._thread.start()
+        _POLLING.add(self)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._delay()):
+            self._poll()
+
+    def _after_fork(self) -> None:
+        # A forked child (gunicorn --preload, multiprocessing) has no polling thread, and
+        # its locks may have been held at the fork: new ones, and a new thread.
+        self._lock = threading.Lock()
+        self._refresh_lock = self._refresh_lock_type()
+        if not self._stop.is_set():
+            self._stop = threading.Event()
+            self._start_polling()
+
+    def close(self) -> None:
+        """Stop polling (a refresh in progress finishes)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._join_timeout)
+
+    def __enter__(self: _P) -> _P:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_POLLING: weakref.WeakSet[_PollingSource] = weakref.WeakSet()
+
+
+def _restart_polling_after_fork() -> None:
+    for source in list(_POLLING):
+        source._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_polling_after_fork)
+
+
+class FileSource(_PollingSource):
     """A flag-definition file, reloaded when it changes.
 
     The file is checked every ``poll_interval`` seconds by a daemon thread (by size,
@@ -170,9 +241,6 @@ class FileSource(_SourceBase):
         self.path = Path(path)
         self._fractional = fractional
         self._signature: tuple[int, int, int] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._refresh_lock = threading.Lock()
         try:
             self._load()
         except FlagsetError as exc:
@@ -187,26 +255,16 @@ class FileSource(_SourceBase):
             )
         self._poll_interval = poll_interval
         if poll_interval > 0:
-            self._start_watching()
-            _WATCHING.add(self)
+            self._start_polling()
 
-    def _start_watching(self) -> None:
-        self._thread = threading.Thread(
-            target=self._watch,
-            args=(self._poll_interval,),
-            name=f"flagwire-watch:{self.path}",
-            daemon=True,
-        )
-        self._thread.start()
+    def _delay(self) -> float:
+        return self._poll_interval
 
-    def _after_fork(self) -> None:
-        # A forked child (gunicorn --preload, multiprocessing) has no watcher thread, and
-        # its locks may have been held at the fork: new ones, and a new watcher.
-        self._lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
-        if not self._stop.is_set():
-            self._stop = threading.Event()
-            self._start_watching()
+    def _thread_name(self) -> str:
+        return f"flagwire-watch:{self.path}"
+
+    def _poll(self) -> object:
+        return self.refresh()
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -239,36 +297,8 @@ class FileSource(_SourceBase):
                 return False
             return self.flagset.digest != before.digest
 
-    def _watch(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.refresh()
-
-    def close(self) -> None:
-        """Stop watching the file."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FileSource:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"<FileSource {self.path} {self._status.version} ok={self._status.ok}>"
-
-
-_WATCHING: weakref.WeakSet[FileSource] = weakref.WeakSet()
-
-
-def _restart_watchers_after_fork() -> None:
-    for source in list(_WATCHING):
-        source._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_watchers_after_fork)
 
 
 class StaticSource:
