@@ -32,7 +32,7 @@ from typing import Any, cast
 from gherkin.parser import Parser
 from gherkin.pickles.compiler import Compiler
 
-from flagwire import Assignment, FlagSet, FlagType
+from flagwire import Assignment, FlagSet, FlagType, RequestFlags
 
 __all__ = [
     "FRACTIONAL_VERSIONS",
@@ -487,6 +487,11 @@ class _State:
             self.default,
             flag_type=_FLAG_TYPES[self.type_name],
         )
+        # The per-request path (generated deciders, memo, fit) must agree exactly.
+        per_request = RequestFlags(flags, self.evaluated_with).details(
+            self.key, self.default, flag_type=_FLAG_TYPES[self.type_name]
+        )
+        assert per_request == self.assignment, (per_request, self.assignment)
 
     # -- Then ----------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import OpenFeatureError
 
-from flagwire import FlagSet, FlagType
+from flagwire import FlagSet, FlagType, RequestFlags
 
 FIXTURES: Final = Path(__file__).parent / "fixtures" / "parity"
 LAUNCH: Final = 1_767_225_600  # 2026-01-01T00:00:00Z, used by the timestamp flags
@@ -189,6 +189,8 @@ def _flagwire(
     flags: FlagSet, key: str, context: Mapping[str, Any], flag_type: FlagType, default: Any
 ) -> Outcome:
     a = flags.evaluate(key, context, default, flag_type=flag_type)
+    # The per-request path (generated deciders, memo, fit) must agree exactly.
+    assert RequestFlags(flags, context).details(key, default, flag_type) == a
     return Outcome(
         a.value,
         a.variant,

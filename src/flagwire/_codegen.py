@@ -226,13 +226,17 @@ class _Generator:
         ), _BOOL
 
     def fractional(self, args: list[Any], at: str) -> tuple[str, str] | None:
+        found = self.buckets(args, results=False)
+        return None if found is None else (found, _ANY)
+
+    def buckets(self, args: list[Any], *, results: bool) -> str | None:
+        """The shorthand ``fractional`` over literal buckets: the variant name (or, with
+        ``results``, the prebuilt result) of the targeting key's bucket."""
         if not args or not isinstance(args[0], list) or not is_literal(args):
             return None  # only the shorthand over literal buckets is inlined
         bucketer = cops.Bucketer.parse(args)
         if bucketer is None or not 0 < bucketer.total <= cops.MAX_WEIGHT_SUM:
             return None
-        variants = self.name(bucketer.variants)
-        ends = self.name(bucketer.ends)
         t = self.temp()
         if self.algorithm == "v2":
             # A non-string targeting key makes the concatenation raise, as in flagd.
@@ -242,10 +246,81 @@ class _Generator:
             prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
             hashed = f"_hash({prefix!r} + _cbor({t}), 0, False)"
             guard = f"({t} := d.get('targetingKey')) and type({t}) is str"
-        return (
-            f"({variants}[_bisect({ends}, ({hashed} * {bucketer.total}) >> 32)] "
-            f"if {guard} else None)"
-        ), _ANY
+        bucket = f"(({hashed} * {bucketer.total}) >> 32)"
+        if results:
+            names = [self.leaf(v) for v in bucketer.variants]
+            missing = self.leaf(None)
+        else:
+            names = [self.literal(v) for v in bucketer.variants]
+            missing = "None"
+        ends = bucketer.ends
+        if 2 <= len(names) <= _INLINE_BUCKETS:
+            # bisect_right(ends, bucket), unrolled: the first bucket whose end is above.
+            b = self.temp()
+            chain = f"{names[0]} if ({b} := {bucket}) < {ends[0]}"
+            for name, end in zip(names[1:-1], ends[1:-1], strict=True):
+                chain += f" else {name} if {b} < {end}"
+            picked = f"({chain} else {names[-1]})"
+        else:
+            table = self.name(
+                tuple(_Leaf(v) for v in bucketer.variants) if results else bucketer.variants
+            )
+            picked = f"{table}[_bisect({self.name(ends)}, {bucket})]"
+        return f"({picked} if {guard} else {missing})"
+
+    # -- decisions: the rule with its tail values replaced by prebuilt results ----------
+
+    def leaf(self, value: Any) -> str:
+        """A name for the decision when the rule gives the literal ``value``."""
+        return self.name(_Leaf(value), "_r")
+
+    def result(self, logic: Any, at: str) -> str:
+        """Source of the decision (not the variant name) the rule gives over ``d``.
+
+        ``if`` branches and ``fractional`` buckets that are literal variant names become
+        prebuilt results, so the common rule decides with no lookup; anything else is
+        the rule's value passed to ``_pick``.
+        """
+        if isinstance(logic, dict) and len(logic) == 1:
+            op, raw = next(iter(logic.items()))
+            args = raw if isinstance(raw, list) else [raw]
+            here = f"{at}/{op}"
+            if op in ("if", "?:") and len(args) >= 3:
+                return self.if_result(args, here)
+            if op == "fractional":
+                found = self.buckets(args, results=True)
+                if found is not None:
+                    return found
+        elif type(logic) in _LEAF_TYPES:
+            return self.leaf(logic)
+        src, _ = self.expr(logic, at)
+        return f"_pick({src})"
+
+    def if_result(self, args: list[Any], at: str) -> str:
+        parts = []
+        i = 0
+        while i < len(args) - 1:
+            parts.append(
+                (self.cond(args[i], f"{at}/{i}"), self.result(args[i + 1], f"{at}/{i + 1}"))
+            )
+            i += 2
+        src = self.result(args[i], f"{at}/{i}") if i < len(args) else self.leaf(None)
+        for cond, value in reversed(parts):
+            src = f"({value} if {cond} else {src})"
+        return src
+
+
+class _Leaf:
+    """Stands, in a generated namespace, for the result of a literal rule value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+_INLINE_BUCKETS = 4
+_LEAF_TYPES = (str, int, float, bool, type(None))
 
 
 _Handler = Callable[[_Generator, list[Any], str], "tuple[str, str] | None"]
@@ -280,6 +355,8 @@ def generate_rule(
 ) -> Callable[[Any], Any] | None:
     """One Python function for a rule, or ``None`` if Python cannot compile it.
 
+    The function also carries the source :func:`generate_decider` turns into a decider.
+
     Args:
         logic: The rule.
         flag_key: The flag (for ``fractional``).
@@ -292,29 +369,26 @@ def generate_rule(
     src, _ = generator.expr(logic, "targeting")
     if re.fullmatch(r"_c\d+\(d\)", src):
         return generator.namespace[src[:-3]]  # type: ignore[no-any-return]
-    code = f"def rule(d):\n    return {src}\n"
     try:
-        compiled = compile(code, f"<flagwire rule {flag_key}>", "exec")
+        compiled = compile(
+            f"def rule(d):\n    return {src}\n", f"<flagwire rule {flag_key}>", "exec"
+        )
+        decision = generator.result(logic, "targeting")
     except (SyntaxError, RecursionError, MemoryError, ValueError):
         return None  # too deep for Python's parser: the caller compiles closures
     namespace = dict(generator.namespace)
     exec(compiled, namespace)
     rule: Callable[[Any], Any] = namespace["rule"]
-    rule.__flagwire_source__ = (src, generator.namespace)  # type: ignore[attr-defined]
+    rule.__flagwire_decider__ = (decision, generator.namespace)  # type: ignore[attr-defined]
     return rule
 
 
 _DECIDER = """\
 def decide(d):
     try:
-        chosen = {expr}
+        return {expr}
     except Exception as exc:
         return _failed(exc, None)
-    if type(chosen) is str:
-        found = _matches.get(chosen)
-        if found is not None:
-            return found
-    return _resolve(chosen, d, None, None)
 """
 
 
@@ -325,7 +399,8 @@ def generate_decider(
     failed: Callable[[Exception, Any], Any],
     name: str,
 ) -> Callable[[Any], Any]:
-    """One function from context to decision: the rule, inlined, and the variant lookup.
+    """One function from context to decision: the rule, inlined, with its literal
+    outcomes replaced by their prebuilt results.
 
     Args:
         rule: A compiled rule (from :func:`generate_rule`, or any closure).
@@ -334,15 +409,31 @@ def generate_decider(
         failed: ``failed(exception, default)`` for a rule that raised.
         name: For tracebacks.
     """
-    source = getattr(rule, "__flagwire_source__", None)
+
+    def pick(chosen: Any) -> Any:
+        if type(chosen) is str:
+            found = matches.get(chosen)
+            if found is not None:
+                return found
+        return resolve(chosen, None, None, None)  # the decision depends on ``chosen`` only
+
+    def realize(value: Any) -> Any:
+        if isinstance(value, _Leaf):
+            return pick(value.value)
+        if type(value) is tuple and value and isinstance(value[0], _Leaf):
+            return tuple(realize(item) for item in value)
+        return value
+
+    source = getattr(rule, "__flagwire_decider__", None)
     expr: str
     namespace: Mapping[str, Any]
     if source is None:
-        expr, namespace = "_rule(d)", {"_rule": rule}
+        expr, namespace = "_pick(_rule(d))", {"_rule": rule}
     else:
         expr, namespace = source
     code = compile(_DECIDER.format(expr=expr), f"<flagwire decider {name}>", "exec")
-    scope = {**namespace, "_matches": matches, "_resolve": resolve, "_failed": failed}
+    scope = {key: realize(value) for key, value in namespace.items()}
+    scope.update(_pick=pick, _failed=failed)
     exec(code, scope)
     decide: Callable[[Any], Any] = scope["decide"]
     return decide
