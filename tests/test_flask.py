@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -484,6 +486,59 @@ def test_the_cookie_is_added_next_to_the_apps_own_cookies(per_request_flags: Fla
     cookies = response.headers.getlist("Set-Cookie")
     assert len(cookies) == 2
     assert any(c.startswith("theme=dark") for c in cookies)
+
+
+def test_a_flag_first_read_in_before_request_or_in_a_thread_sends_the_cookie(
+    per_request_flags: FlagSet,
+) -> None:
+    app = flask.Flask("early_read")
+    Flagwire(app, source=per_request_flags)
+    seen: list[str] = []
+
+    @app.before_request
+    def early() -> None:
+        seen.append(current_flags().string("ranking", "none"))
+
+    @app.get("/")
+    def view() -> str:
+        return "ok"
+
+    @app.get("/thread")
+    def in_a_thread() -> str:
+        # The request's context copied into a worker thread reads the first flag.
+        with ThreadPoolExecutor(1) as pool:
+            ctx = contextvars.copy_context()
+            return str(pool.submit(ctx.run, current_flags().boolean, "new-checkout").result())
+
+    [set_cookie] = flagwire_cookies(fetch(app))
+    [from_thread] = flagwire_cookies(fetch(app, "/thread"))
+
+    assert seen and ID.fullmatch(cookie_value(set_cookie))
+    assert ID.fullmatch(cookie_value(from_thread))
+
+
+def test_a_flag_first_read_in_a_streamed_body_gets_an_id_but_no_cookie(
+    per_request_flags: FlagSet,
+) -> None:
+    # Headers are gone by then: the visitor is decided with a fresh id, and the request
+    # still succeeds; the next request that reads a flag in the view sends the cookie.
+    app = flask.Flask("streamed")
+    Flagwire(app, source=per_request_flags)
+
+    @app.get("/")
+    def view() -> flask.Response:
+        @flask.stream_with_context
+        def body() -> Iterator[str]:
+            # A fractional split: a targeting key was there to hash.
+            yield current_flags().details("ranking", "none").reason.value
+
+        return flask.Response(body())
+
+    response = fetch(app)
+
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == "TARGETING_MATCH"
+    assert flagwire_cookies(response) == []
 
 
 class Account(UserMixin):  # type: ignore[misc]

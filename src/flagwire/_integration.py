@@ -14,7 +14,7 @@ from typing import Any
 
 from ._flagset import FlagSet
 from ._propagation import PREFIX, Propagation, default_propagation
-from ._request import RequestFlags, default_source, set_default_source
+from ._request import _NOT_YET, RequestFlags, default_source, set_default_source
 from ._sources import Source, as_source
 from ._telemetry import RequestRecord, Telemetry, record_all
 from .context import Extractor, compose, header, reads_raw, request_cookies, user
@@ -139,8 +139,8 @@ class BoundRequestFlags(RequestFlags):
     """A new anonymous id this request made, until it is sent back in a cookie."""
 
     def __init__(self, binding: Binding, raw: Any) -> None:
-        self.flagset = flagset = binding.source.flagset  # pinned for the whole request
-        self._deciders = flagset._deciders
+        self.flagset = binding.source.flagset  # pinned for the whole request
+        self._deciders = _NOT_YET  # until the context is built
         self._context = None
         self._memo = {}
         self._binding = binding
@@ -170,7 +170,8 @@ class BoundRequestFlags(RequestFlags):
         """Run the extractors; give an anonymous visitor a stable ``targetingKey``."""
         binding = self._binding
         adapt = binding.adapt
-        request = self._raw if adapt is None else adapt(self._raw)
+        raw, self._raw = self._raw, None  # no reference cycle with a WSGI environ
+        request = raw if adapt is None else adapt(raw)
         extract = binding.extract
         try:
             found = extract(request)

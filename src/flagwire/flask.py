@@ -24,22 +24,30 @@ bodies included). Extractors receive ``flask.request``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from time import perf_counter
 from typing import Any
 
 from ._errors import ConfigError
 from ._flagset import FlagSet
-from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, ContextSpec
+from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
 from ._propagation import Propagation
-from ._request import RequestFlags, add_resolver, current_flags
+from ._request import RequestFlags, _current, add_resolver, current_flags
 from ._sources import FileSource, Source
 from ._telemetry import Telemetry
 from .context import reads_environ
-from .wsgi import ENVIRON_KEY, STARTED_KEY, StartResponse, WSGIApp, handle
+from .wsgi import ENVIRON_KEY, STARTED_KEY, StartResponse, WSGIApp
 
 try:
-    from flask import Flask, Response, current_app, has_request_context, request
+    from flask import (
+        Flask,
+        Response,
+        after_this_request,
+        current_app,
+        has_request_context,
+        request,
+    )
     from werkzeug.local import LocalProxy
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("flagwire.flask needs Flask: pip install 'flagwire[flask]'") from exc
@@ -47,6 +55,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 __all__ = ["Flagwire", "flags"]
 
 EXTENSION_KEY = "flagwire"
+logger = logging.getLogger("flagwire")
 _UNSET: Any = object()
 
 
@@ -175,11 +184,38 @@ class _FlaskWsgi:
         # Flask's own request ends when wsgi_app returns (it pops its context), except for
         # stream_with_context bodies, which find the flags through the request context.
         binding = self.binding
+        flags = _FlaskRequestFlags(binding, environ)
+        environ[ENVIRON_KEY] = flags
         if binding.telemetry:
             environ[STARTED_KEY] = perf_counter()
-        return handle(
-            self.wsgi_app, binding, environ, start_response, wrap_body=False, record=False
-        )
+        token = _current.set(flags)
+        try:
+            return self.wsgi_app(environ, start_response)
+        finally:
+            _current.reset(token)
+
+
+class _FlaskRequestFlags(BoundRequestFlags):
+    """A Flask request's flags: a new anonymous id goes out on Flask's response."""
+
+    __slots__ = ()
+
+    def _new_anonymous_id(self, new_id: str) -> None:
+        # Set on the response object, as Flask apps set cookies: no start_response
+        # wrapper on every request. The context is built when the first flag is read;
+        # if that is after the response was made (another extension's after_request, a
+        # streamed body), the visitor gets an id on a later request instead.
+        if not has_request_context():
+            logger.debug("flagwire: no Flask request to send the anonymous id cookie on")
+            return
+        secure = request.environ.get("wsgi.url_scheme") == "https"
+        cookie = self._binding.set_cookie_value(new_id, secure=secure)
+
+        def add_cookie(response: Response) -> Response:
+            response.headers.add("Set-Cookie", cookie)
+            return response
+
+        after_this_request(add_cookie)
 
 
 def _record(response: Response) -> Response:

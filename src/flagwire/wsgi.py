@@ -81,22 +81,15 @@ class FlagwireMiddleware:
 
 
 def handle(
-    app: WSGIApp,
-    binding: Binding,
-    environ: dict[str, Any],
-    start_response: StartResponse,
-    *,
-    wrap_body: bool = True,
-    record: bool = True,
+    app: WSGIApp, binding: Binding, environ: dict[str, Any], start_response: StartResponse
 ) -> Iterable[bytes]:
-    """Run one WSGI request with its own flags (shared by this module and the Flask
-    extension), at ``environ["flagwire.flags"]`` and current while the app runs and, with
-    ``wrap_body``, while it produces the body. With ``record``, the request goes to the
-    binding's telemetry when the body is closed (route ``""``: WSGI has no templates)."""
+    """Run one WSGI request with its own flags, at ``environ["flagwire.flags"]`` and
+    current while the app runs and while it produces the body. With telemetry, the request
+    is recorded when the body is closed (route ``""``: WSGI has no templates)."""
     flags = BoundRequestFlags(binding, environ)
     environ[ENVIRON_KEY] = flags
-    if record and binding.telemetry:
-        return _handle_watched(app, binding, environ, start_response, flags, wrap_body)
+    if binding.telemetry:
+        return _handle_watched(app, binding, environ, start_response, flags)
     token = _current.set(flags)
     try:
         if binding.cookie_name is None:
@@ -115,7 +108,7 @@ def handle(
             body = app(environ, start)
     finally:
         _current.reset(token)
-    return _FlagsBody(body, flags) if wrap_body else body
+    return _FlagsBody(body, flags)
 
 
 def _with_cookie(
@@ -138,7 +131,6 @@ def _handle_watched(
     environ: dict[str, Any],
     start_response: StartResponse,
     flags: BoundRequestFlags,
-    wrap_body: bool,
 ) -> Iterable[bytes]:
     """:func:`handle` with telemetry: the status is watched, the request recorded."""
     environ[STARTED_KEY] = perf_counter()
@@ -171,8 +163,6 @@ def _handle_watched(
         raise
     finally:
         _current.reset(token)
-    if not wrap_body:
-        return body
     return _FlagsBody(body, flags, finish)
 
 
