@@ -246,26 +246,29 @@ class _Generator:
             prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
             hashed = f"_hash({prefix!r} + _cbor({t}), 0, False)"
             guard = f"({t} := d.get('targetingKey')) and type({t}) is str"
-        bucket = f"(({hashed} * {bucketer.total}) >> 32)"
         if results:
             names = [self.leaf(v) for v in bucketer.variants]
             missing = self.leaf(None)
         else:
             names = [self.literal(v) for v in bucketer.variants]
             missing = "None"
-        ends = bucketer.ends
+        # The bucket is (hash * total) >> 32, and bucket < end exactly when
+        # hash < ceil(end * 2**32 / total): compare the hash with precomputed limits (no
+        # big-int multiply and shift per evaluation).
+        total = bucketer.total
+        limits = tuple(-(-(end << 32) // total) for end in bucketer.ends)
         if 2 <= len(names) <= _INLINE_BUCKETS:
-            # bisect_right(ends, bucket), unrolled: the first bucket whose end is above.
-            b = self.temp()
-            chain = f"{names[0]} if ({b} := {bucket}) < {ends[0]}"
-            for name, end in zip(names[1:-1], ends[1:-1], strict=True):
-                chain += f" else {name} if {b} < {end}"
+            # bisect_right(limits, hash), unrolled: the first bucket whose limit is above.
+            h = self.temp()
+            chain = f"{names[0]} if ({h} := {hashed}) < {limits[0]}"
+            for name, limit in zip(names[1:-1], limits[1:-1], strict=True):
+                chain += f" else {name} if {h} < {limit}"
             picked = f"({chain} else {names[-1]})"
         else:
             table = self.name(
                 tuple(_Leaf(v) for v in bucketer.variants) if results else bucketer.variants
             )
-            picked = f"{table}[_bisect({self.name(ends)}, {bucket})]"
+            picked = f"{table}[_bisect({self.name(limits)}, {hashed})]"
         return f"({picked} if {guard} else {missing})"
 
     # -- decisions: the rule with its tail values replaced by prebuilt results ----------

@@ -9,13 +9,14 @@ built lazily, the first time a flag needs it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from threading import get_ident
 from time import monotonic, sleep
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._assignment import Assignment, ErrorCode, FlagType
 from ._flagset import FlagSet, fit
@@ -38,7 +39,118 @@ _BUILDERS: dict[int, int] = {}  # request flags whose context is being built -> 
 _NOT_YET: Mapping[str, Callable[[dict[str, Any]], Assignment]] = MappingProxyType({})
 
 
-class RequestFlags:
+class _PyCore:
+    """The hot path of :class:`RequestFlags` — memo, decider, type test — in Python.
+
+    ``flagwire._speedups.RequestCore`` is the same in C, used when it was built (and
+    ``FLAGWIRE_PURE_PYTHON`` is not set). What is not hot goes back to ``_decide`` and
+    ``_mismatch``, which :class:`RequestFlags` defines.
+
+    The fast path: ``_deciders`` is the flag set's key -> decide(context) only once the
+    context is built and when no upstream assignment can apply; until then it is empty,
+    and every flag goes through ``_decide``.
+    """
+
+    __slots__ = ("_context", "_deciders", "_memo")
+    _context: dict[str, Any] | None
+    _deciders: Mapping[str, Callable[[dict[str, Any]], Assignment]]
+    _memo: dict[str, Assignment]
+
+    def _decide(self, key: str) -> Assignment:
+        raise NotImplementedError
+
+    def _mismatch(self, key: str, decision: Assignment, default: T, flag_type: FlagType) -> T:
+        raise NotImplementedError
+
+    # The typed getters: a decision without a variant has value None, so one type test
+    # covers "no variant" and "another type" alike.
+
+    def boolean(self, key: str, default: bool = False) -> bool:
+        """The flag's value if it is a boolean, else ``default``."""
+        decision = self._memo.get(key)
+        if decision is None:  # inlined in each getter: a call fewer per flag
+            decide = self._deciders.get(key)
+            decision = (
+                self._decide(key)
+                if decide is None
+                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
+            )
+        value = decision.value
+        if type(value) is bool:
+            return value
+        return self._mismatch(key, decision, default, FlagType.BOOLEAN)
+
+    def string(self, key: str, default: str = "") -> str:
+        """The flag's value if it is a string, else ``default``."""
+        decision = self._memo.get(key)
+        if decision is None:  # inlined in each getter: a call fewer per flag
+            decide = self._deciders.get(key)
+            decision = (
+                self._decide(key)
+                if decide is None
+                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
+            )
+        value = decision.value
+        if type(value) is str:
+            return value
+        return self._mismatch(key, decision, default, FlagType.STRING)
+
+    def number(self, key: str, default: float = 0.0) -> float:
+        """The flag's value if it is a number (as a float), else ``default``."""
+        decision = self._memo.get(key)
+        if decision is None:  # inlined in each getter: a call fewer per flag
+            decide = self._deciders.get(key)
+            decision = (
+                self._decide(key)
+                if decide is None
+                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
+            )
+        value = decision.value
+        if type(value) is int or type(value) is float:
+            return float(value)
+        return self._mismatch(key, decision, default, FlagType.FLOAT)
+
+    def integer(self, key: str, default: int = 0) -> int:
+        """The flag's value if it is an integer, else ``default``."""
+        decision = self._memo.get(key)
+        if decision is None:  # inlined in each getter: a call fewer per flag
+            decide = self._deciders.get(key)
+            decision = (
+                self._decide(key)
+                if decide is None
+                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
+            )
+        value = decision.value
+        if type(value) is int:
+            return value
+        return self._mismatch(key, decision, default, FlagType.INTEGER)
+
+    def object(self, key: str, default: Any = None) -> Any:
+        """The flag's value if it is a JSON object or array, else ``default``."""
+        decision = self._memo.get(key)
+        if decision is None:  # inlined in each getter: a call fewer per flag
+            decide = self._deciders.get(key)
+            decision = (
+                self._decide(key)
+                if decide is None
+                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
+            )
+        value = decision.value
+        if type(value) is dict or type(value) is list:
+            return value
+        return self._mismatch(key, decision, default, FlagType.OBJECT)
+
+
+if TYPE_CHECKING or os.environ.get("FLAGWIRE_PURE_PYTHON"):
+    _Core = _PyCore
+else:
+    try:
+        from ._speedups import RequestCore as _Core
+    except ImportError:  # not built (no C compiler at install): the Python core
+        _Core = _PyCore
+
+
+class RequestFlags(_Core):
     """The flags of one request (or one unit of work).
 
     Get it with :func:`flagwire.current_flags`. Every getter takes the flag key and the
@@ -50,12 +162,9 @@ class RequestFlags:
     """
 
     # _served and _upstream are rarely set: class defaults, and an instance dict only for
-    # the requests that set them (one attribute store fewer per request).
-    #
-    # The getters' fast path: ``_deciders`` is the flag set's key -> decide(context) only
-    # once the context is built and when no upstream assignment can apply; until then it
-    # is empty, and every flag goes through ``_decide``.
-    __slots__ = ("__dict__", "_context", "_deciders", "_memo", "flagset")
+    # the requests that set them (one attribute store fewer per request). The getters
+    # (boolean, string, number, integer, object) are the core's.
+    __slots__ = ("__dict__", "flagset")
     _served: dict[str, Assignment] | None = None
     _upstream: Mapping[str, str] | None = None
 
@@ -185,84 +294,6 @@ class RequestFlags:
         if decision.variant is not None:  # a variant of another type than asked for
             self._note(key, fit(decision, default, flag_type))
         return default
-
-    # The typed getters: a decision without a variant has value None, so one type test
-    # covers "no variant" and "another type" alike.
-
-    def boolean(self, key: str, default: bool = False) -> bool:
-        """The flag's value if it is a boolean, else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is bool:
-            return value
-        return self._mismatch(key, decision, default, FlagType.BOOLEAN)
-
-    def string(self, key: str, default: str = "") -> str:
-        """The flag's value if it is a string, else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is str:
-            return value
-        return self._mismatch(key, decision, default, FlagType.STRING)
-
-    def number(self, key: str, default: float = 0.0) -> float:
-        """The flag's value if it is a number (as a float), else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is int or type(value) is float:
-            return float(value)
-        return self._mismatch(key, decision, default, FlagType.FLOAT)
-
-    def integer(self, key: str, default: int = 0) -> int:
-        """The flag's value if it is an integer, else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is int:
-            return value
-        return self._mismatch(key, decision, default, FlagType.INTEGER)
-
-    def object(self, key: str, default: Any = None) -> Any:
-        """The flag's value if it is a JSON object or array, else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is dict or type(value) is list:
-            return value
-        return self._mismatch(key, decision, default, FlagType.OBJECT)
 
     @property
     def upstream(self) -> Mapping[str, str]:
