@@ -55,18 +55,21 @@ core_decision(CoreObject *self, PyObject *key)
     if (decide == NULL) {
         return PyObject_CallMethodOneArg((PyObject *)self, str_decide, key);
     }
+    /* The decider is Python code: hold what it could make self drop meanwhile. */
     Py_INCREF(decide);
     Py_INCREF(context);
+    Py_INCREF(memo);
     PyObject *made = PyObject_CallOneArg(decide, context);
     Py_DECREF(context);
     Py_DECREF(decide);
-    if (made == NULL) {
-        return NULL;
+    PyObject *kept = NULL;
+    if (made != NULL) {
+        /* setdefault: if two threads of one request race, both keep the first decision. */
+        kept = PyDict_SetDefault(memo, key, made); /* borrowed */
+        Py_XINCREF(kept);
+        Py_DECREF(made);
     }
-    /* setdefault: if two threads of one request race, both keep the first decision. */
-    PyObject *kept = PyDict_SetDefault(memo, key, made); /* borrowed */
-    Py_XINCREF(kept);
-    Py_DECREF(made);
+    Py_DECREF(memo);
     return kept;
 }
 
