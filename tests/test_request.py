@@ -579,3 +579,78 @@ def test_request_flags_over_a_yaml_flag_set(tmp_path: Path, per_request_document
 
     assert flags.boolean("new-checkout") is True
     assert flags.object("limits") == {"max": 3, "tags": ["a"]}
+
+
+# -- flag problems are logged, once per flag and error ------------------------------------
+
+
+@pytest.fixture
+def fresh_problem_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flagwire._request, "_LOGGED", set())
+
+
+PROBLEMS = {
+    "flags": {
+        "text": {"state": "ENABLED", "variants": {"a": "alpha"}, "defaultVariant": "a"},
+        "broken": {
+            "state": "ENABLED",
+            "variants": {"a": "alpha"},
+            "defaultVariant": "a",
+            "targeting": {"if": [{"starts_with": [{"var": "email"}, 7]}, "a", None]},
+        },
+    }
+}
+
+
+@pytest.mark.usefixtures("fresh_problem_log")
+@pytest.mark.parametrize(
+    ("ask", "code"),
+    [
+        (lambda f: f.boolean("missing", True), "FLAG_NOT_FOUND"),
+        (lambda f: f.get("missing", "d"), "FLAG_NOT_FOUND"),
+        (lambda f: f.boolean("text", True), "TYPE_MISMATCH"),
+        (lambda f: f.details("text", 3).value, "TYPE_MISMATCH"),
+    ],
+)
+def test_a_flag_problem_is_logged_once_with_flag_and_file(
+    ask: Callable[[RequestFlags], Any], code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    flagset = FlagSet.from_mapping(PROBLEMS, source="checkout-flags.yaml")
+
+    with caplog.at_level("WARNING", logger="flagwire"):
+        for _ in range(3):  # three requests
+            ask(RequestFlags(flagset, {"targetingKey": "u"}))
+
+    problems = [r.getMessage() for r in caplog.records if code in r.getMessage()]
+    assert len(problems) == 1, caplog.text
+    assert "checkout-flags.yaml" in problems[0]
+    assert ('"missing"' if code == "FLAG_NOT_FOUND" else '"text"') in problems[0]
+
+
+@pytest.mark.usefixtures("fresh_problem_log")
+def test_a_rule_error_is_logged_and_a_disabled_flag_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flagset = FlagSet.from_mapping(
+        {
+            "flags": {
+                "off": {"state": "DISABLED", "variants": {"a": "x"}, "defaultVariant": "a"},
+                "divides": {
+                    "state": "ENABLED",
+                    "variants": {"a": "x"},
+                    "defaultVariant": "a",
+                    "targeting": {"if": [{"/": [1, {"var": "n"}]}, "a", None]},
+                },
+            }
+        },
+        source="f.yaml",
+    )
+    flags = RequestFlags(flagset, {"n": 0})
+
+    with caplog.at_level("WARNING", logger="flagwire"):
+        assert flags.string("off", "d") == "d"
+        assert flags.string("divides", "d") == "d"
+
+    assert len(caplog.records) == 1, caplog.text
+    assert '"divides"' in caplog.records[0].getMessage()
+    assert flags.details("divides", "d").error_code is not None

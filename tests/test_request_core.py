@@ -59,6 +59,7 @@ def test_typed_getters(flags: RequestFlags) -> None:
     assert flags.boolean("by-plan") is True
     assert flags.string("name") == "alpha"
     assert flags.number("ratio") == 0.5
+    assert flags.float("ratio") == 0.5 and flags.float("missing", 2.5) == 2.5
     number = flags.number("count")
     assert number == 3.0 and type(number) is float
     assert flags.integer("count") == 3

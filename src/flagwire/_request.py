@@ -36,6 +36,8 @@ logger = logging.getLogger("flagwire")
 T = TypeVar("T")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _BUILDERS: dict[int, int] = {}  # request flags whose context is being built -> the thread
+_LOGGED: set[tuple[str, ErrorCode | None]] = set()  # flag problems logged so far
+_LOGGED_MAX = 1000  # flag keys come from code, but a bug could make them unbounded
 _NOT_YET: Mapping[str, Callable[[dict[str, Any]], Assignment]] = MappingProxyType({})
 
 
@@ -257,6 +259,11 @@ class RequestFlags(_Core):
         # setdefault: if two threads of one request race, both keep the first decision.
         return self._memo.setdefault(key, decision)
 
+    def float(self, key: str, default: float = 0.0) -> float:
+        """The flag's value if it is a number (as a float), else ``default`` (as
+        :meth:`number`; the name :class:`~flagwire.FlagSet` uses)."""
+        return self.number(key, default)
+
     def details(
         self, key: str, default: Any = None, flag_type: FlagType | None = None
     ) -> Assignment:
@@ -275,8 +282,10 @@ class RequestFlags(_Core):
                 else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
             )
         fitted = fit(decision, default, flag_type)
-        if fitted is not decision and fitted.error_code is ErrorCode.TYPE_MISMATCH:
-            self._note(key, fitted)
+        if fitted.error_code is not None:
+            if fitted is not decision and fitted.error_code is ErrorCode.TYPE_MISMATCH:
+                self._note(key, fitted)
+            self._log_problem(key, fitted)
         return fitted
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -291,9 +300,32 @@ class RequestFlags(_Core):
         self._served[key] = served
 
     def _mismatch(self, key: str, decision: Assignment, default: T, flag_type: FlagType) -> T:
-        if decision.variant is not None:  # a variant of another type than asked for
-            self._note(key, fit(decision, default, flag_type))
+        # The getters' slow path: no variant (disabled, no default variant, an error), or
+        # a variant of another type than asked for.
+        if decision.variant is not None:
+            served = fit(decision, default, flag_type)
+            self._note(key, served)
+            self._log_problem(key, served)
+        elif decision.error_code is not None:
+            self._log_problem(key, decision)
         return default
+
+    def _log_problem(self, key: str, served: Assignment) -> None:
+        """Log a flag problem (missing flag, type mismatch, a rule that raised) once per
+        flag, error and process: the request goes on with the code's default."""
+        code = served.error_code
+        mark = (key, code)
+        if code is None or mark in _LOGGED or len(_LOGGED) >= _LOGGED_MAX:
+            return
+        _LOGGED.add(mark)
+        logger.warning(
+            'flagwire: flag "%s" (flag set %s): %s: %s; the code\'s default is used '
+            "(logged once per flag and error)",
+            key,
+            self.flagset.source,
+            code.value,
+            served.error_message or "no message",
+        )
 
     @property
     def upstream(self) -> Mapping[str, str]:
