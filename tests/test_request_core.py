@@ -9,6 +9,7 @@ missing, so a broken build cannot pass unnoticed.
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -142,3 +143,12 @@ def test_the_pure_python_core_passes_the_per_request_tests() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["boolean", "string", "number", "integer", "object"])
+def test_both_cores_have_the_same_signatures(name: str) -> None:
+    def shape(fn: Any) -> list[tuple[str, Any]]:
+        params = inspect.signature(fn).parameters.values()
+        return [(p.name, p.default) for p in params]
+
+    assert shape(getattr(RequestFlags, name)) == shape(getattr(request_module._PyCore, name))

@@ -203,15 +203,15 @@ core_object(CoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
 
 static PyMethodDef core_methods[] = {
     {"boolean", (PyCFunction)(void (*)(void))core_boolean, METH_FASTCALL | METH_KEYWORDS,
-     "The flag's value if it is a boolean, else ``default``."},
+     "boolean($self, /, key, default=False)\n--\n\nThe flag's value if it is a boolean, else ``default``."},
     {"string", (PyCFunction)(void (*)(void))core_string, METH_FASTCALL | METH_KEYWORDS,
-     "The flag's value if it is a string, else ``default``."},
+     "string($self, /, key, default='')\n--\n\nThe flag's value if it is a string, else ``default``."},
     {"number", (PyCFunction)(void (*)(void))core_number, METH_FASTCALL | METH_KEYWORDS,
-     "The flag's value if it is a number (as a float), else ``default``."},
+     "number($self, /, key, default=0.0)\n--\n\nThe flag's value if it is a number (as a float), else ``default``."},
     {"integer", (PyCFunction)(void (*)(void))core_integer, METH_FASTCALL | METH_KEYWORDS,
-     "The flag's value if it is an integer, else ``default``."},
+     "integer($self, /, key, default=0)\n--\n\nThe flag's value if it is an integer, else ``default``."},
     {"object", (PyCFunction)(void (*)(void))core_object, METH_FASTCALL | METH_KEYWORDS,
-     "The flag's value if it is a JSON object or array, else ``default``."},
+     "object($self, /, key, default=None)\n--\n\nThe flag's value if it is a JSON object or array, else ``default``."},
     {NULL, NULL, 0, NULL},
 };
 
