@@ -243,7 +243,8 @@ class RequestFlags(_Core):
         """Remember a new anonymous id for the response (integrations override)."""
 
     def _decide(self, key: str) -> Assignment:
-        # Called when the memo has no decision yet and the fast path does not apply.
+        # Called when the memo has no decision yet (the typed getters' fast path calls
+        # the flag set's decider itself once the context is built).
         context = self._context
         if context is None:
             context = self._ensure_context()
@@ -273,14 +274,7 @@ class RequestFlags(_Core):
         variant, an error) and where the flag's type is not ``flag_type`` (or, without
         ``flag_type``, the type of ``default``); ``reason`` and ``error_code`` say which.
         """
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
+        decision = self._memo.get(key) or self._decide(key)
         fitted = fit(decision, default, flag_type)
         if fitted.error_code is not None:
             if fitted is not decision and fitted.error_code is ErrorCode.TYPE_MISMATCH:
