@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flagwire import FlagSet, RequestFlags
-from flagwire import _custom_ops as cops
+from flagwire._engine import flagd_ops as cops
 
 NAMES = ["a", "b", "c", "d", "e", "f"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flagwire import ConfigError, FlagSet, Reason, SourceError
-from flagwire._http_source import HttpSource
+from flagwire._sources.http import HttpSource
 
 Document = dict[str, Any]
 

@@ -586,7 +586,7 @@ def test_request_flags_over_a_yaml_flag_set(tmp_path: Path, per_request_document
 
 @pytest.fixture
 def fresh_problem_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flagwire._request, "_LOGGED", set())
+    monkeypatch.setattr(flagwire._request.flags, "_LOGGED", set())
 
 
 PROBLEMS = {

@@ -7,20 +7,20 @@ The core (this package's top level) imports no web framework. Integrations live 
 from __future__ import annotations
 
 from . import context
-from ._assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
-from ._definitions import FlagDefinition
+from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
+from ._engine.definitions import FlagDefinition
 from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
-from ._flagset import FlagSet
-from ._http_source import HttpSource
-from ._propagation import KeyRing, Propagation, set_default_propagation
-from ._request import (
+from ._engine.flagset import FlagSet
+from ._sources.http import HttpSource
+from ._propagation.policy import KeyRing, Propagation, set_default_propagation
+from ._request.flags import (
     RequestFlags,
     activate,
     current_flags,
     default_source,
     set_default_source,
 )
-from ._sources import FileSource, Source, SourceStatus, StaticSource
+from ._sources.base import FileSource, Source, SourceStatus, StaticSource
 
 __version__ = "0.1.0"
 

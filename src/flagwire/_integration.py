@@ -12,10 +12,10 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._flagset import FlagSet
-from ._propagation import PREFIX, Propagation, default_propagation
-from ._request import _NOT_YET, RequestFlags, default_source, set_default_source
-from ._sources import Source, as_source
+from ._engine.flagset import FlagSet
+from ._propagation.policy import PREFIX, Propagation, default_propagation
+from ._request.flags import _NOT_YET, RequestFlags, default_source, set_default_source
+from ._sources.base import Source, as_source
 from ._telemetry import RequestRecord, Telemetry, record_all
 from .context import Extractor, compose, header, reads_raw, request_cookies, user
 

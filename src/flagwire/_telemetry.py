@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Protocol, runtime_checkable
 
-from ._assignment import Assignment
-from ._flagset import FlagSet
+from ._engine.assignment import Assignment
+from ._engine.flagset import FlagSet
 
 __all__ = ["OVERFLOW", "RequestRecord", "Telemetry", "status_class"]
 

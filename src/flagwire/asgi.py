@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import perf_counter
 from typing import Any
 
-from ._flagset import FlagSet
+from ._engine.flagset import FlagSet
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
-from ._propagation import Propagation
-from ._request import _current
-from ._sources import Source
+from ._propagation.policy import Propagation
+from ._request.flags import _current
+from ._sources.base import Source
 from ._telemetry import Telemetry
 
 try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from ._request import RequestFlags, current_flags
+from ._request.flags import RequestFlags, current_flags
 from .asgi import FlagwireMiddleware
 
 try:

@@ -30,11 +30,11 @@ from time import perf_counter
 from typing import Any
 
 from ._errors import ConfigError
-from ._flagset import FlagSet
+from ._engine.flagset import FlagSet
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
-from ._propagation import Propagation
-from ._request import RequestFlags, _current, add_resolver, current_flags
-from ._sources import FileSource, Source
+from ._propagation.policy import Propagation
+from ._request.flags import RequestFlags, _current, add_resolver, current_flags
+from ._sources.base import FileSource, Source
 from ._telemetry import Telemetry
 from .context import reads_environ
 from .wsgi import ENVIRON_KEY, STARTED_KEY, StartResponse, WSGIApp

@@ -39,13 +39,13 @@ from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
 from openfeature.flag_evaluation import Reason as OFReason
 from openfeature.provider import AbstractProvider, Metadata
 
-from . import _request
-from ._assignment import Assignment, ErrorCode, FlagType, Reason
-from ._definitions import parse_document
+from ._request import flags as _request
+from ._engine.assignment import Assignment, ErrorCode, FlagType, Reason
+from ._engine.definitions import parse_document
 from ._errors import ConfigError
-from ._flagset import FlagSet, fit
-from ._request import RequestFlags
-from ._sources import Source, _SourceBase
+from ._engine.flagset import FlagSet, fit
+from ._request.flags import RequestFlags
+from ._sources.base import Source, _SourceBase
 from ._types import Context, MetadataValue
 
 __all__ = ["BridgedFlag", "FlagwireProvider", "OpenFeatureSource"]

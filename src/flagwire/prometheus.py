@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ._sources import Source
+from ._sources.base import Source
 from ._telemetry import RequestRecord, bounded, expiries, status_class, variant_label
 
 try:

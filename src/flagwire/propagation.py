@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ._flagset import FlagSet
-from ._propagation import (
+from ._engine.flagset import FlagSet
+from ._propagation.policy import (
     DEFAULT_ALLOWED_HOSTS,
     KeyRing,
     Propagated,
@@ -31,8 +31,8 @@ from ._propagation import (
     merge_baggage,
     set_default_propagation,
 )
-from ._request import RequestFlags, activate, current_flags
-from ._sources import Source
+from ._request.flags import RequestFlags, activate, current_flags
+from ._sources.base import Source
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",

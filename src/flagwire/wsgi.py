@@ -18,11 +18,11 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any
 
-from ._flagset import FlagSet
+from ._engine.flagset import FlagSet
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
-from ._propagation import Propagation
-from ._request import RequestFlags, _current
-from ._sources import Source
+from ._propagation.policy import Propagation
+from ._request.flags import RequestFlags, _current
+from ._sources.base import Source
 from ._telemetry import Telemetry
 
 __all__ = ["ENVIRON_KEY", "STARTED_KEY", "FlagwireMiddleware", "handle"]

@@ -19,9 +19,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from . import _custom_ops as cops
-from ._codegen import generate_rule
-from ._jsonlogic_ops import (
+from . import flagd_ops as cops
+from .codegen import generate_rule
+from .jsonlogic_ops import (
     DATA_OPS,
     NUMERIC,
     VALUE_OPS,

@@ -73,9 +73,9 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError, FlagsetError, SourceError
-from ._flagset import FlagSet
-from ._sources import _PollingSource
+from .._errors import ConfigError, FlagsetError, SourceError
+from .._engine.flagset import FlagSet
+from .base import _PollingSource
 
 __all__ = ["HttpSource"]
 

@@ -9,19 +9,18 @@ built lazily, the first time a flag needs it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from threading import get_ident
 from time import monotonic, sleep
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ._assignment import Assignment, ErrorCode, FlagType
-from ._flagset import FlagSet, fit
-from ._sources import Source
-from ._types import Context
+from .._engine.assignment import Assignment, ErrorCode, FlagType
+from .._engine.flagset import FlagSet, fit
+from .._sources.base import Source
+from .._types import Context
 
 __all__ = [
     "RequestFlags",
@@ -33,7 +32,7 @@ __all__ = [
 
 logger = logging.getLogger("flagwire")
 
-T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _BUILDERS: dict[int, int] = {}  # request flags whose context is being built -> the thread
 _LOGGED: set[tuple[str, ErrorCode | None]] = set()  # flag problems logged so far
@@ -41,36 +40,22 @@ _LOGGED_MAX = 1000  # flag keys come from code, but a bug could make them unboun
 _NOT_YET: Mapping[str, Callable[[dict[str, Any]], Assignment]] = MappingProxyType({})
 
 
-class _PyCore:
-    """The hot path of :class:`RequestFlags` — memo, decider, type test — in Python.
+class _Getter(Protocol[T_co]):
+    def __call__(self, key: str, default: T_co = ...) -> T_co: ...  # type: ignore[misc]
 
-    ``flagwire._speedups.RequestCore`` is the same in C, used when it was built (and
-    ``FLAGWIRE_PURE_PYTHON`` is not set). What is not hot goes back to ``_decide`` and
-    ``_mismatch``, which :class:`RequestFlags` defines.
+
+def _typed_getter(types: tuple[type, ...], flag_type: FlagType, default: Any, doc: str) -> Any:
+    """One typed getter of :class:`RequestFlags`: memo, decider, type test.
 
     The fast path: ``_deciders`` is the flag set's key -> decide(context) only once the
     context is built and when no upstream assignment can apply; until then it is empty,
-    and every flag goes through ``_decide``.
+    and every flag goes through ``_decide``. A decision without a variant has value None,
+    so one type test covers "no variant" and "another type" alike.
     """
 
-    __slots__ = ("_context", "_deciders", "_memo")
-    _context: dict[str, Any] | None
-    _deciders: Mapping[str, Callable[[dict[str, Any]], Assignment]]
-    _memo: dict[str, Assignment]
-
-    def _decide(self, key: str) -> Assignment:
-        raise NotImplementedError
-
-    def _mismatch(self, key: str, decision: Assignment, default: T, flag_type: FlagType) -> T:
-        raise NotImplementedError
-
-    # The typed getters: a decision without a variant has value None, so one type test
-    # covers "no variant" and "another type" alike.
-
-    def boolean(self, key: str, default: bool = False) -> bool:
-        """The flag's value if it is a boolean, else ``default``."""
+    def getter(self: RequestFlags, key: str, default: Any = default) -> Any:
         decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
+        if decision is None:
             decide = self._deciders.get(key)
             decision = (
                 self._decide(key)
@@ -78,81 +63,15 @@ class _PyCore:
                 else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
             )
         value = decision.value
-        if type(value) is bool:
+        if type(value) in types:
             return value
-        return self._mismatch(key, decision, default, FlagType.BOOLEAN)
+        return self._mismatch(key, decision, default, flag_type)
 
-    def string(self, key: str, default: str = "") -> str:
-        """The flag's value if it is a string, else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is str:
-            return value
-        return self._mismatch(key, decision, default, FlagType.STRING)
-
-    def number(self, key: str, default: float = 0.0) -> float:
-        """The flag's value if it is a number (as a float), else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is int or type(value) is float:
-            return float(value)
-        return self._mismatch(key, decision, default, FlagType.FLOAT)
-
-    def integer(self, key: str, default: int = 0) -> int:
-        """The flag's value if it is an integer, else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is int:
-            return value
-        return self._mismatch(key, decision, default, FlagType.INTEGER)
-
-    def object(self, key: str, default: Any = None) -> Any:
-        """The flag's value if it is a JSON object or array, else ``default``."""
-        decision = self._memo.get(key)
-        if decision is None:  # inlined in each getter: a call fewer per flag
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) is dict or type(value) is list:
-            return value
-        return self._mismatch(key, decision, default, FlagType.OBJECT)
+    getter.__doc__ = doc
+    return getter
 
 
-if TYPE_CHECKING or os.environ.get("FLAGWIRE_PURE_PYTHON"):
-    _Core = _PyCore
-else:
-    try:
-        from ._speedups import RequestCore as _Core
-    except ImportError:  # not built (no C compiler at install): the Python core
-        _Core = _PyCore
-
-
-class RequestFlags(_Core):
+class RequestFlags:
     """The flags of one request (or one unit of work).
 
     Get it with :func:`flagwire.current_flags`. Every getter takes the flag key and the
@@ -164,9 +83,8 @@ class RequestFlags(_Core):
     """
 
     # _served and _upstream are rarely set: class defaults, and an instance dict only for
-    # the requests that set them (one attribute store fewer per request). The getters
-    # (boolean, string, number, integer, object) are the core's.
-    __slots__ = ("__dict__", "flagset")
+    # the requests that set them (one attribute store fewer per request).
+    __slots__ = ("__dict__", "_context", "_deciders", "_memo", "flagset")
     _served: dict[str, Assignment] | None = None
     _upstream: Mapping[str, str] | None = None
 
@@ -260,10 +178,30 @@ class RequestFlags(_Core):
         # setdefault: if two threads of one request race, both keep the first decision.
         return self._memo.setdefault(key, decision)
 
-    def float(self, key: str, default: float = 0.0) -> float:
-        """The flag's value if it is a number (as a float), else ``default`` (as
-        :meth:`number`; the name :class:`~flagwire.FlagSet` uses)."""
-        return self.number(key, default)
+    boolean: _Getter[bool] = _typed_getter(
+        (bool,), FlagType.BOOLEAN, False, "The flag's value if it is a boolean, else ``default``."
+    )
+    string: _Getter[str] = _typed_getter(
+        (str,), FlagType.STRING, "", "The flag's value if it is a string, else ``default``."
+    )
+    integer: _Getter[int] = _typed_getter(
+        (int,), FlagType.INTEGER, 0, "The flag's value if it is an integer, else ``default``."
+    )
+    # An integral variant of a number flag takes _mismatch, which converts it.
+    number: _Getter[float] = _typed_getter(
+        (float,),
+        FlagType.FLOAT,
+        0.0,
+        "The flag's value if it is a number (as a float), else ``default``.",
+    )
+    float = number
+    """The name :class:`~flagwire.FlagSet` uses for :attr:`number`."""
+    object: _Getter[Any] = _typed_getter(
+        (dict, list),
+        FlagType.OBJECT,
+        None,
+        "The flag's value if it is a JSON object or array, else ``default``.",
+    )
 
     def details(
         self, key: str, default: Any = None, flag_type: FlagType | None = None
@@ -293,9 +231,11 @@ class RequestFlags(_Core):
             self._served = {}
         self._served[key] = served
 
-    def _mismatch(self, key: str, decision: Assignment, default: T, flag_type: FlagType) -> T:
-        # The getters' slow path: no variant (disabled, no default variant, an error), or
-        # a variant of another type than asked for.
+    def _mismatch(self, key: str, decision: Assignment, default: Any, flag_type: FlagType) -> Any:
+        # The getters' slow path: no variant (disabled, no default variant, an error), a
+        # variant of another type than asked for, or an integer asked for as a float.
+        if flag_type is FlagType.FLOAT and type(decision.value) is int:
+            return float(decision.value)
         if decision.variant is not None:
             served = fit(decision, default, flag_type)
             self._note(key, served)

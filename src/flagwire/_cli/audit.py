@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
-from ._definitions import FlagDefinition
-from ._flagset import FlagSet, expiry_date
-from ._types import MetadataValue
+from .._engine.definitions import FlagDefinition
+from .._engine.flagset import FlagSet, expiry_date
+from .._types import MetadataValue
 
 __all__ = [
     "DEFAULT_EXPIRING_WITHIN",

@@ -12,19 +12,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from ._assignment import Assignment, ErrorCode, FlagType, Reason
-from ._codegen import generate_decider
-from ._custom_ops import FRACTIONAL_VERSIONS
-from ._definitions import (
+from .assignment import Assignment, ErrorCode, FlagType, Reason
+from .codegen import generate_decider
+from .flagd_ops import FRACTIONAL_VERSIONS
+from .definitions import (
     FlagDefinition,
     FlagsetDocument,
     parse_document,
     parse_text,
     read_document,
 )
-from ._errors import ConfigError, FlagsetError
-from ._jsonlogic import Compiled, RuleError, TraceStep, compile_rule
-from ._types import Context, MetadataValue
+from .._errors import ConfigError, FlagsetError
+from .compiler import Compiled, RuleError, TraceStep, compile_rule
+from .._types import Context, MetadataValue
 
 __all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet", "expiry_date", "fit"]
 

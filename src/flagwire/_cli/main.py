@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from typing import Any
 
-from . import _audit, _diff
-from ._assignment import FlagType
-from ._errors import FlagsetError
-from ._flagset import FlagSet
+from . import audit as _audit
+from . import diff as _diff
+from .._engine.assignment import FlagType
+from .._errors import FlagsetError
+from .._engine.flagset import FlagSet
 
 __all__ = ["main"]
 

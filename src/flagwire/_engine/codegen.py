@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from . import _custom_ops as cops
-from ._jsonlogic_ops import (
+from . import flagd_ops as cops
+from .jsonlogic_ops import (
     equals,
     greater,
     greater_equal,
