@@ -9,9 +9,8 @@ from __future__ import annotations
 from . import context
 from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
 from ._engine.definitions import FlagDefinition
-from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
 from ._engine.flagset import FlagSet
-from ._sources.http import HttpSource
+from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
 from ._propagation.policy import KeyRing, Propagation, set_default_propagation
 from ._request.flags import (
     RequestFlags,
@@ -21,6 +20,7 @@ from ._request.flags import (
     set_default_source,
 )
 from ._sources.base import FileSource, Source, SourceStatus, StaticSource
+from ._sources.http import HttpSource
 
 __version__ = "0.1.0"
 

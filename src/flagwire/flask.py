@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 from time import perf_counter
 from typing import Any
 
-from ._errors import ConfigError
 from ._engine.flagset import FlagSet
+from ._errors import ConfigError
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
 from ._propagation.policy import Propagation
 from ._request.flags import RequestFlags, _current, add_resolver, current_flags

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
-from .._engine.definitions import FlagDefinition
-from .._engine.flagset import FlagSet, expiry_date
-from .._types import MetadataValue
+from flagwire._engine.definitions import FlagDefinition
+from flagwire._engine.expiry import expiry_date
+from flagwire._engine.flagset import FlagSet
+from flagwire._types import MetadataValue
 
 __all__ = [
     "DEFAULT_EXPIRING_WITHIN",

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from flagwire._engine.definitions import FlagDefinition
+from flagwire._engine.flagset import FlagSet
+
 from .audit import fractional_shares
-from .._engine.definitions import FlagDefinition
-from .._engine.flagset import FlagSet
 
 __all__ = ["DEFAULT_SAMPLE", "Change", "FlagDiff", "diff"]
 

@@ -21,11 +21,12 @@ from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from typing import Any
 
+from flagwire._engine.assignment import FlagType
+from flagwire._engine.flagset import FlagSet
+from flagwire._errors import FlagsetError
+
 from . import audit as _audit
 from . import diff as _diff
-from .._engine.assignment import FlagType
-from .._errors import FlagsetError
-from .._engine.flagset import FlagSet
 
 __all__ = ["main"]
 

@@ -8,8 +8,8 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-from .._errors import FlagwireError
-from .._types import FlagValue, MetadataValue
+from flagwire._errors import FlagwireError
+from flagwire._types import FlagValue, MetadataValue
 
 __all__ = ["Assignment", "ErrorCode", "FlagType", "Reason"]
 

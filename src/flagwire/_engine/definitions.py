@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from .._errors import ConfigError, FlagsetError
-from .._types import JsonValue, MetadataValue
+from flagwire._errors import ConfigError, FlagsetError
+from flagwire._types import JsonValue, MetadataValue
 
 __all__ = [
     "FlagDefinition",

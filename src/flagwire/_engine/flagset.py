@@ -6,15 +6,16 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
-from datetime import date, datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from flagwire._errors import ConfigError, FlagsetError
+from flagwire._types import Context, MetadataValue
+
 from .assignment import Assignment, ErrorCode, FlagType, Reason
-from .codegen import generate_decider
-from .flagd_ops import FRACTIONAL_VERSIONS
+from .compiled import CompiledFlag, plain_copy
+from .compiler import TraceStep, compile_rule
 from .definitions import (
     FlagDefinition,
     FlagsetDocument,
@@ -22,11 +23,11 @@ from .definitions import (
     parse_text,
     read_document,
 )
-from .._errors import ConfigError, FlagsetError
-from .compiler import Compiled, RuleError, TraceStep, compile_rule
-from .._types import Context, MetadataValue
+from .expiry import warn_expired
+from .fitting import EXPECT_BY_VALUE, UNSET
+from .flagd_ops import FRACTIONAL_VERSIONS
 
-__all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet", "expiry_date", "fit"]
+__all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
 
 logger = logging.getLogger("flagwire")
 
@@ -34,244 +35,6 @@ FRACTIONAL_METADATA_KEY: Final = "flagwire.fractional"
 """Flag-set metadata key that selects the fractional algorithm (``"v2"`` or ``"v3"``)."""
 
 _EMPTY_CONTEXT: Final[dict[str, Any]] = {}
-
-
-# -- expiry: one warning per process per expired flag ----------------------------------
-
-_WARNED_EXPIRED: Final[set[str]] = set()
-
-
-def expiry_date(value: object) -> date | None:
-    """The day of a ``metadata.expires`` value (an ISO date, or the date part of an ISO
-    timestamp), or ``None`` if it is not one. A flag expires at the end of that day (UTC)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
-
-
-def _warn_expired(flags: Mapping[str, FlagDefinition], owner: MetadataValue | None) -> None:
-    """Log each flag past its ``expires`` day, once per process per flag key."""
-    today: date | None = None
-    for key, definition in flags.items():
-        if key in _WARNED_EXPIRED:
-            continue
-        day = expiry_date(definition.metadata.get("expires"))
-        if day is None:
-            continue
-        if today is None:
-            today = datetime.now(timezone.utc).date()
-        if day < today:
-            _WARNED_EXPIRED.add(key)
-            logger.warning(
-                'flag "%s" expired on %s (owner: %s); remove it or extend expires',
-                key,
-                day.isoformat(),
-                definition.metadata.get("owner", owner) or "none",
-            )
-
-
-def _plain_copy(value: Any) -> Any:
-    """A deep copy made of dicts and lists, from any mappings and sequences."""
-    if isinstance(value, Mapping):
-        return {k: _plain_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_copy(v) for v in value]
-    return value
-
-
-def _variant_name(value: Any) -> str:
-    if type(value) is str:
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-_NONE_TYPE: Final = type(None)
-# The expected type, as the Python type of a typical default (list and dict are "object").
-_EXPECT: Final[dict[type, type]] = {
-    bool: bool,
-    str: str,
-    int: int,
-    float: float,
-    dict: dict,
-    list: dict,
-}
-_EXPECT_OF_FLAG_TYPE: Final[dict[FlagType, type]] = {
-    FlagType.BOOLEAN: bool,
-    FlagType.STRING: str,
-    FlagType.INTEGER: int,
-    FlagType.FLOAT: float,
-    FlagType.OBJECT: dict,
-}
-# Which expected types a variant value satisfies (NoneType: nothing expected).
-_SATISFIES: Final[dict[type, frozenset[type]]] = {
-    bool: frozenset({bool, _NONE_TYPE}),
-    str: frozenset({str, _NONE_TYPE}),
-    int: frozenset({int, float, _NONE_TYPE}),
-    float: frozenset({float, _NONE_TYPE}),
-    dict: frozenset({dict, _NONE_TYPE}),
-    list: frozenset({dict, _NONE_TYPE}),
-}
-# The default types for which the prebuilt result is returned as it is (no float
-# conversion, no mismatch): the hot path checks only this.
-_AS_IS: Final[dict[type, frozenset[type]]] = {
-    bool: frozenset({bool, _NONE_TYPE}),
-    str: frozenset({str, _NONE_TYPE}),
-    int: frozenset({int, _NONE_TYPE}),
-    float: frozenset({float, _NONE_TYPE}),
-    dict: frozenset({dict, list, _NONE_TYPE}),
-    list: frozenset({dict, list, _NONE_TYPE}),
-}
-_ONLY_NONE: Final = frozenset({_NONE_TYPE})
-# By FlagType value: an Enum member's own hash is computed in Python, its value's is not.
-_EXPECT_BY_VALUE: Final[dict[str, type]] = {ft.value: t for ft, t in _EXPECT_OF_FLAG_TYPE.items()}
-_TYPE_NAMES: Final[dict[type, str]] = {t: ft.value for ft, t in _EXPECT_OF_FLAG_TYPE.items()}
-_UNSET: Final = object()
-
-
-_Match = tuple[Assignment, frozenset[type]]
-"""A prebuilt result, and the default types it fits as is (the hot path's whole check)."""
-
-
-class _CompiledFlag:
-    """A flag ready to evaluate: prebuilt results per variant, a compiled rule."""
-
-    __slots__ = (
-        "decide",
-        "default_result",
-        "definition",
-        "disabled",
-        "key",
-        "matches",
-        "metadata",
-        "propagated",
-        "rule",
-        "rule_error",
-        "static_result",
-        "version",
-    )
-
-    def __init__(
-        self,
-        definition: FlagDefinition,
-        flagset_metadata: Mapping[str, MetadataValue],
-        version: str,
-        fractional: str,
-        evaluators: Mapping[str, Any],
-        problems: list[str],
-    ) -> None:
-        key = definition.key
-        self.key = key
-        self.definition = definition
-        self.version = version
-        self.disabled = not definition.enabled
-        merged = dict(flagset_metadata)
-        merged.update(definition.metadata)
-        self.metadata: Mapping[str, MetadataValue] = MappingProxyType(merged)
-
-        def result(variant: str, reason: Reason) -> _Match:
-            value = definition.variants[variant]
-            assignment = Assignment(key, value, variant, reason, None, None, self.metadata, version)
-            return assignment, _AS_IS.get(type(value), _ONLY_NONE)
-
-        # flagd treats a chosen variant with a null value or an empty name as an error.
-        self.matches = {
-            v: result(v, Reason.TARGETING_MATCH)
-            for v, value in definition.variants.items()
-            if v and value is not None
-        }
-        # An upstream decision is honoured only for an enabled flag with that variant:
-        # a local kill switch (DISABLED) always wins.
-        self.propagated: dict[str, Assignment] = (
-            {} if self.disabled else {v: result(v, Reason.PROPAGATED)[0] for v in self.matches}
-        )
-        dv = definition.default_variant
-        self.default_result = result(dv, Reason.DEFAULT) if dv is not None else None
-        self.static_result = result(dv, Reason.STATIC) if dv is not None else None
-        self.rule: Compiled | None = None
-        self.rule_error: str | None = None
-        self.decide: Callable[[dict[str, Any]], Assignment] = self._decide_without_rule
-        if self.disabled:
-            self.static_result = None  # always the slow path, which says DISABLED
-            return
-        targeting = definition.targeting
-        if not targeting:
-            return  # flagd: a falsy rule ({} or null) means a static flag
-        if not isinstance(targeting, dict):
-            self.rule_error = (
-                f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
-            )
-            problems.append(f'flag "{key}": {self.rule_error}')
-            self.static_result = None  # the slow path gives PARSE_ERROR
-            return
-        rule, found = compile_rule(
-            targeting, flag_key=key, fractional=fractional, evaluators=evaluators
-        )
-        self.rule = rule
-        problems.extend(f'flag "{key}": {p}' for p in found)
-        self.decide = generate_decider(
-            rule, {v: m[0] for v, m in self.matches.items()}, self.resolve, self.failed, key
-        )
-
-    def error(self, default: Any, code: ErrorCode, message: str) -> Assignment:
-        return Assignment(
-            self.key, default, None, Reason.ERROR, code, message, self.metadata, self.version
-        )
-
-    def resolve(
-        self, chosen: Any, context: Any, default: Any, flag_type: FlagType | None
-    ) -> Assignment:
-        """Everything off the hot path: disabled, errors, no default, type checks.
-
-        ``chosen`` is what the rule returned, or ``_UNSET`` if there is no rule.
-        """
-        if flag_type is FlagType.FLOAT and type(default) is int:
-            default = float(default)  # as flagd's float resolver, even for the default
-        if self.disabled:
-            return Assignment(
-                self.key, default, None, Reason.DISABLED, None, None, self.metadata, self.version
-            )
-        match: _Match | None
-        if chosen is _UNSET:
-            if self.rule_error is not None:
-                return self.error(default, ErrorCode.PARSE_ERROR, self.rule_error)
-            match = self.static_result
-        elif chosen is None:
-            match = self.default_result
-        else:
-            name = _variant_name(chosen)
-            match = self.matches.get(name)
-            if match is None:
-                variants = self.definition.variants
-                why = (
-                    "which has no value (null or an empty name)"
-                    if name in variants
-                    else f"which is not one of [{', '.join(variants)}]"
-                )
-                return self.error(
-                    default, ErrorCode.GENERAL, f'targeting chose variant "{name}", {why}'
-                )
-        if match is None:  # no default variant: the caller's default
-            return Assignment(
-                self.key, default, None, Reason.DEFAULT, None, None, self.metadata, self.version
-            )
-        return fit(match[0], default, flag_type)  # the type check and float conversion
-
-    def _decide_without_rule(self, context: dict[str, Any]) -> Assignment:
-        match = self.static_result
-        if match is not None:
-            return match[0]
-        return self.resolve(_UNSET, context, None, None)
-
-    def failed(self, exc: Exception, default: Any) -> Assignment:
-        """The assignment for a rule that raised."""
-        if isinstance(exc, RuleError):
-            return self.error(default, ErrorCode.PARSE_ERROR, str(exc))
-        return self.error(default, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
 
 
 class FlagSet:
@@ -327,7 +90,7 @@ class FlagSet:
         self._evaluators: Mapping[str, Any] = document.evaluators
         problems: list[str] = []
         self._flags = {
-            key: _CompiledFlag(
+            key: CompiledFlag(
                 d, document.metadata, label, self.fractional, document.evaluators, problems
             )
             for key, d in document.flags.items()
@@ -337,7 +100,7 @@ class FlagSet:
         self._deciders: dict[str, Callable[[dict[str, Any]], Assignment]] = {
             key: flag.decide for key, flag in self._flags.items()
         }
-        _warn_expired(document.flags, document.metadata.get("owner"))
+        warn_expired(document.flags, document.metadata.get("owner"))
 
     # -- construction -------------------------------------------------------------------
 
@@ -373,7 +136,7 @@ class FlagSet:
         fractional: str | None = None,
     ) -> FlagSet:
         """Load a flag set from an already parsed document (a dict)."""
-        raw = _plain_copy(data)  # private, so later changes to ``data`` change nothing
+        raw = plain_copy(data)  # private, so later changes to ``data`` change nothing
         return cls(parse_document(raw, source=source), fractional=fractional)
 
     @classmethod
@@ -436,13 +199,13 @@ class FlagSet:
         # The hot path: a prebuilt result that fits the caller's default as it is.
         # (The expected type as the Python type of a default: the typed getters' flag_type
         # and an untyped call's default are checked the same way.)
-        expect = type(default) if flag_type is None else _EXPECT_BY_VALUE[flag_type._value_]
+        expect = type(default) if flag_type is None else EXPECT_BY_VALUE[flag_type._value_]
         rule = flag.rule
         if rule is None:
             match = flag.static_result
             if match is not None and expect in match[1]:
                 return match[0]
-            return flag.resolve(_UNSET, context, default, flag_type)
+            return flag.resolve(UNSET, context, default, flag_type)
         if type(context) is not dict:
             context = _EMPTY_CONTEXT if context is None else dict(context)
         try:
@@ -545,41 +308,3 @@ class FlagSet:
             except Exception as exc:
                 steps.append(("targeting", f"rule failed: {exc}"))
         return assignment, steps
-
-
-def fit(decision: Assignment, default: Any, flag_type: FlagType | None = None) -> Assignment:
-    """What :meth:`FlagSet.evaluate` would give with this default, from a decision.
-
-    ``decision`` is an assignment evaluated with ``default=None`` and no type; the
-    result substitutes the caller's default where no variant applied and checks the type,
-    so one memoised decision serves callers with different defaults.
-    """
-    if flag_type is FlagType.FLOAT and type(default) is int:
-        default = float(default)  # as flagd's float resolver, even for the default
-    if decision.variant is None:  # disabled, no default variant, or an error
-        if decision.value is default:
-            return decision
-        return replace(decision, value=default)
-    expect = (
-        _EXPECT.get(type(default), _NONE_TYPE)
-        if flag_type is None
-        else _EXPECT_OF_FLAG_TYPE[flag_type]
-    )
-    value = decision.value
-    if expect is _NONE_TYPE:
-        return decision
-    if expect not in _SATISFIES.get(type(value), _ONLY_NONE):
-        return Assignment(
-            decision.key,
-            default,
-            None,
-            Reason.ERROR,
-            ErrorCode.TYPE_MISMATCH,
-            f'expected {_TYPE_NAMES.get(expect, "?")}, but variant "{decision.variant}" '
-            f"is {type(value).__name__}",
-            decision.flag_metadata,
-            decision.flagset_version,
-        )
-    if expect is float and type(value) is int:
-        return replace(decision, value=float(value))
-    return decision

@@ -40,7 +40,7 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 from urllib.parse import quote, unquote
 
-from .._errors import ConfigError
+from flagwire._errors import ConfigError
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",

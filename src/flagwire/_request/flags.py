@@ -17,10 +17,11 @@ from time import monotonic, sleep
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
-from .._engine.assignment import Assignment, ErrorCode, FlagType
-from .._engine.flagset import FlagSet, fit
-from .._sources.base import Source
-from .._types import Context
+from flagwire._engine.assignment import Assignment, ErrorCode, FlagType
+from flagwire._engine.fitting import fit
+from flagwire._engine.flagset import FlagSet
+from flagwire._sources.base import Source
+from flagwire._types import Context
 
 __all__ = [
     "RequestFlags",
@@ -32,7 +33,7 @@ __all__ = [
 
 logger = logging.getLogger("flagwire")
 
-T_co = TypeVar("T_co", covariant=True)
+T = TypeVar("T")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _BUILDERS: dict[int, int] = {}  # request flags whose context is being built -> the thread
 _LOGGED: set[tuple[str, ErrorCode | None]] = set()  # flag problems logged so far
@@ -40,8 +41,10 @@ _LOGGED_MAX = 1000  # flag keys come from code, but a bug could make them unboun
 _NOT_YET: Mapping[str, Callable[[dict[str, Any]], Assignment]] = MappingProxyType({})
 
 
-class _Getter(Protocol[T_co]):
-    def __call__(self, key: str, default: T_co = ...) -> T_co: ...  # type: ignore[misc]
+class _Getter(Protocol[T]):
+    """A typed getter: ``flags.boolean("key")``, ``flags.boolean("key", True)``."""
+
+    def __call__(self, key: str, default: T = ...) -> T: ...
 
 
 def _typed_getter(types: tuple[type, ...], flag_type: FlagType, default: Any, doc: str) -> Any:
@@ -323,6 +326,18 @@ def default_source() -> Source | None:
     return _default_source
 
 
+def request_flags() -> RequestFlags | None:
+    """The current request's flags, or ``None`` outside a request."""
+    flags = _current.get()
+    if flags is not None:
+        return flags
+    for resolve in _resolvers:  # e.g. Flask's request context
+        flags = resolve()
+        if flags is not None:
+            return flags
+    return None
+
+
 def current_flags(context: Context | None = None) -> RequestFlags:
     """The flags of the current request.
 
@@ -338,15 +353,11 @@ def current_flags(context: Context | None = None) -> RequestFlags:
     Args:
         context: Used only outside a request.
     """
-    flags = _current.get()
+    flags = request_flags()
     if flags is not None:
         return flags
-    for resolve in _resolvers:
-        flags = resolve()
-        if flags is not None:
-            return flags
     source = _default_source
-    flagset = source.flagset if source is not None else _EMPTY_FLAGSET
+    flagset = source.flagset if source is not None else EMPTY_FLAGSET
     return RequestFlags(flagset, context or _EMPTY)
 
 
@@ -360,4 +371,4 @@ def activate(flags: RequestFlags) -> Iterator[RequestFlags]:
         _current.reset(token)
 
 
-_EMPTY_FLAGSET = FlagSet.empty(source="<no flag source configured>")
+EMPTY_FLAGSET = FlagSet.empty(source="<no flag source configured>")

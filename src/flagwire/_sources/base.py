@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .._errors import ConfigError, FlagsetError, SourceError
-from .._engine.flagset import FlagSet
+from flagwire._engine.flagset import FlagSet
+from flagwire._errors import ConfigError, FlagsetError, SourceError
 
 __all__ = ["FileSource", "Listener", "Source", "SourceStatus", "StaticSource", "as_source"]
 

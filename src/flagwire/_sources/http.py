@@ -73,8 +73,9 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError, FlagsetError, SourceError
-from .._engine.flagset import FlagSet
+from flagwire._engine.flagset import FlagSet
+from flagwire._errors import ConfigError, FlagsetError, SourceError
+
 from .base import _PollingSource
 
 __all__ = ["HttpSource"]

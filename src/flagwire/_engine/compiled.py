@@ -1,0 +1,183 @@
+"""One flag compiled: its prebuilt results per variant and its rule."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from flagwire._types import MetadataValue
+
+from .assignment import Assignment, ErrorCode, FlagType, Reason
+from .codegen import generate_decider
+from .compiler import Compiled, RuleError, compile_rule
+from .definitions import (
+    FlagDefinition,
+)
+from .fitting import AS_IS, ONLY_NONE, UNSET, fit
+
+__all__ = ["CompiledFlag", "plain_copy"]
+
+logger = logging.getLogger("flagwire")
+
+
+_EMPTY_CONTEXT: Final[dict[str, Any]] = {}
+
+
+def plain_copy(value: Any) -> Any:
+    """A deep copy made of dicts and lists, from any mappings and sequences."""
+    if isinstance(value, Mapping):
+        return {k: plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_copy(v) for v in value]
+    return value
+
+
+def _variant_name(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_Match = tuple[Assignment, frozenset[type]]
+"""A prebuilt result, and the default types it fits as is (the hot path's whole check)."""
+
+
+class CompiledFlag:
+    """A flag ready to evaluate: prebuilt results per variant, a compiled rule."""
+
+    __slots__ = (
+        "decide",
+        "default_result",
+        "definition",
+        "disabled",
+        "key",
+        "matches",
+        "metadata",
+        "propagated",
+        "rule",
+        "rule_error",
+        "static_result",
+        "version",
+    )
+
+    def __init__(
+        self,
+        definition: FlagDefinition,
+        flagset_metadata: Mapping[str, MetadataValue],
+        version: str,
+        fractional: str,
+        evaluators: Mapping[str, Any],
+        problems: list[str],
+    ) -> None:
+        key = definition.key
+        self.key = key
+        self.definition = definition
+        self.version = version
+        self.disabled = not definition.enabled
+        merged = dict(flagset_metadata)
+        merged.update(definition.metadata)
+        self.metadata: Mapping[str, MetadataValue] = MappingProxyType(merged)
+
+        def result(variant: str, reason: Reason) -> _Match:
+            value = definition.variants[variant]
+            assignment = Assignment(key, value, variant, reason, None, None, self.metadata, version)
+            return assignment, AS_IS.get(type(value), ONLY_NONE)
+
+        # flagd treats a chosen variant with a null value or an empty name as an error.
+        self.matches = {
+            v: result(v, Reason.TARGETING_MATCH)
+            for v, value in definition.variants.items()
+            if v and value is not None
+        }
+        # An upstream decision is honoured only for an enabled flag with that variant:
+        # a local kill switch (DISABLED) always wins.
+        self.propagated: dict[str, Assignment] = (
+            {} if self.disabled else {v: result(v, Reason.PROPAGATED)[0] for v in self.matches}
+        )
+        dv = definition.default_variant
+        self.default_result = result(dv, Reason.DEFAULT) if dv is not None else None
+        self.static_result = result(dv, Reason.STATIC) if dv is not None else None
+        self.rule: Compiled | None = None
+        self.rule_error: str | None = None
+        self.decide: Callable[[dict[str, Any]], Assignment] = self._decide_without_rule
+        if self.disabled:
+            self.static_result = None  # always the slow path, which says DISABLED
+            return
+        targeting = definition.targeting
+        if not targeting:
+            return  # flagd: a falsy rule ({} or null) means a static flag
+        if not isinstance(targeting, dict):
+            self.rule_error = (
+                f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
+            )
+            problems.append(f'flag "{key}": {self.rule_error}')
+            self.static_result = None  # the slow path gives PARSE_ERROR
+            return
+        rule, found = compile_rule(
+            targeting, flag_key=key, fractional=fractional, evaluators=evaluators
+        )
+        self.rule = rule
+        problems.extend(f'flag "{key}": {p}' for p in found)
+        self.decide = generate_decider(
+            rule, {v: m[0] for v, m in self.matches.items()}, self.resolve, self.failed, key
+        )
+
+    def error(self, default: Any, code: ErrorCode, message: str) -> Assignment:
+        return Assignment(
+            self.key, default, None, Reason.ERROR, code, message, self.metadata, self.version
+        )
+
+    def resolve(
+        self, chosen: Any, context: Any, default: Any, flag_type: FlagType | None
+    ) -> Assignment:
+        """Everything off the hot path: disabled, errors, no default, type checks.
+
+        ``chosen`` is what the rule returned, or ``UNSET`` if there is no rule.
+        """
+        if flag_type is FlagType.FLOAT and type(default) is int:
+            default = float(default)  # as flagd's float resolver, even for the default
+        if self.disabled:
+            return Assignment(
+                self.key, default, None, Reason.DISABLED, None, None, self.metadata, self.version
+            )
+        match: _Match | None
+        if chosen is UNSET:
+            if self.rule_error is not None:
+                return self.error(default, ErrorCode.PARSE_ERROR, self.rule_error)
+            match = self.static_result
+        elif chosen is None:
+            match = self.default_result
+        else:
+            name = _variant_name(chosen)
+            match = self.matches.get(name)
+            if match is None:
+                variants = self.definition.variants
+                why = (
+                    "which has no value (null or an empty name)"
+                    if name in variants
+                    else f"which is not one of [{', '.join(variants)}]"
+                )
+                return self.error(
+                    default, ErrorCode.GENERAL, f'targeting chose variant "{name}", {why}'
+                )
+        if match is None:  # no default variant: the caller's default
+            return Assignment(
+                self.key, default, None, Reason.DEFAULT, None, None, self.metadata, self.version
+            )
+        return fit(match[0], default, flag_type)  # the type check and float conversion
+
+    def _decide_without_rule(self, context: dict[str, Any]) -> Assignment:
+        match = self.static_result
+        if match is not None:
+            return match[0]
+        return self.resolve(UNSET, context, None, None)
+
+    def failed(self, exc: Exception, default: Any) -> Assignment:
+        """The assignment for a rule that raised."""
+        if isinstance(exc, RuleError):
+            return self.error(default, ErrorCode.PARSE_ERROR, str(exc))
+        return self.error(default, ErrorCode.GENERAL, f"{type(exc).__name__}: {exc}")
