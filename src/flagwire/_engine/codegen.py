@@ -1,6 +1,6 @@
 """Generate Python source for the hot subset of targeting rules.
 
-The closure compiler in :mod:`flagwire._jsonlogic` handles every operation; calling one
+The closure compiler in :mod:`flagwire._engine.compiler` handles every operation; calling one
 closure per node costs a Python call each. For the shapes real rules are made of —
 ``if``, ``==``/``!=`` against a string, ``in`` a list, numeric comparisons, ``and``/``or``
 of conditions, ``!``, ``var``, ``$ref``, ``starts_with``/``ends_with``/``sem_ver`` with
@@ -30,7 +30,7 @@ from .jsonlogic_ops import (
     truthy,
 )
 
-__all__ = ["generate_decider", "generate_rule"]
+__all__ = ["Leaf", "generate_rule"]
 
 _BOOL = "bool"  # the expression is a bool, or None where Python truthiness is the same
 _ANY = "any"
@@ -266,7 +266,7 @@ class _Generator:
             picked = f"({chain} else {names[-1]})"
         else:
             table = self.name(
-                tuple(_Leaf(v) for v in bucketer.variants) if results else bucketer.variants
+                tuple(Leaf(v) for v in bucketer.variants) if results else bucketer.variants
             )
             picked = f"{table}[_bisect({self.name(limits)}, {hashed})]"
         return f"({picked} if {guard} else {missing})"
@@ -275,7 +275,7 @@ class _Generator:
 
     def leaf(self, value: Any) -> str:
         """A name for the decision when the rule gives the literal ``value``."""
-        return self.name(_Leaf(value), "_r")
+        return self.name(Leaf(value), "_r")
 
     def result(self, logic: Any, at: str) -> str:
         """Source of the decision (not the variant name) the rule gives over ``d``.
@@ -313,7 +313,7 @@ class _Generator:
         return src
 
 
-class _Leaf:
+class Leaf:
     """Stands, in a generated namespace, for the result of a literal rule value."""
 
     __slots__ = ("value",)
@@ -358,7 +358,8 @@ def generate_rule(
 ) -> Callable[[Any], Any] | None:
     """One Python function for a rule, or ``None`` if Python cannot compile it.
 
-    The function also carries the source :func:`generate_decider` turns into a decider.
+    The function also carries the source :func:`~flagwire._engine.decider.generate_decider`
+    turns into a decider.
 
     Args:
         logic: The rule.
@@ -384,59 +385,3 @@ def generate_rule(
     rule: Callable[[Any], Any] = namespace["rule"]
     rule.__flagwire_decider__ = (decision, generator.namespace)  # type: ignore[attr-defined]
     return rule
-
-
-_DECIDER = """\
-def decide(d):
-    try:
-        return {expr}
-    except Exception as exc:
-        return _failed(exc, None)
-"""
-
-
-def generate_decider(
-    rule: Callable[[Any], Any],
-    matches: Mapping[str, Any],
-    resolve: Callable[[Any, Any, Any, Any], Any],
-    failed: Callable[[Exception, Any], Any],
-    name: str,
-) -> Callable[[Any], Any]:
-    """One function from context to decision: the rule, inlined, with its literal
-    outcomes replaced by their prebuilt results.
-
-    Args:
-        rule: A compiled rule (from :func:`generate_rule`, or any closure).
-        matches: Variant name -> prebuilt result.
-        resolve: ``resolve(chosen, context, default, flag_type)`` for everything else.
-        failed: ``failed(exception, default)`` for a rule that raised.
-        name: For tracebacks.
-    """
-
-    def pick(chosen: Any) -> Any:
-        if type(chosen) is str:
-            found = matches.get(chosen)
-            if found is not None:
-                return found
-        return resolve(chosen, None, None, None)  # the decision depends on ``chosen`` only
-
-    def realize(value: Any) -> Any:
-        if isinstance(value, _Leaf):
-            return pick(value.value)
-        if type(value) is tuple and value and isinstance(value[0], _Leaf):
-            return tuple(realize(item) for item in value)
-        return value
-
-    source = getattr(rule, "__flagwire_decider__", None)
-    expr: str
-    namespace: Mapping[str, Any]
-    if source is None:
-        expr, namespace = "_pick(_rule(d))", {"_rule": rule}
-    else:
-        expr, namespace = source
-    code = compile(_DECIDER.format(expr=expr), f"<flagwire decider {name}>", "exec")
-    scope = {key: realize(value) for key, value in namespace.items()}
-    scope.update(_pick=pick, _failed=failed)
-    exec(code, scope)
-    decide: Callable[[Any], Any] = scope["decide"]
-    return decide

@@ -10,8 +10,8 @@ from typing import Any, Final
 from flagwire._types import MetadataValue
 
 from .assignment import Assignment, ErrorCode, FlagType, Reason
-from .codegen import generate_decider
 from .compiler import Compiled, RuleError, compile_rule
+from .decider import generate_decider
 from .definitions import (
     FlagDefinition,
 )

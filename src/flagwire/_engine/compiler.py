@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import json
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from . import flagd_ops as cops
 from .codegen import generate_rule
+from .compile_flagd import compile_fractional, compile_sem_ver
+from .compile_iteration import compile_iteration
 from .jsonlogic_ops import (
     DATA_OPS,
     NUMERIC,
     VALUE_OPS,
+    Compiled,
+    TraceStep,
+    const,
     equals,
     is_literal,
     missing,
     returns_bool,
+    simple_var,
     to_number,
     truthy,
     var,
@@ -36,12 +41,6 @@ from .jsonlogic_ops import (
 )
 
 __all__ = ["Compiled", "RuleError", "TraceStep", "compile_rule"]
-
-Compiled = Callable[[Any], Any]
-"""A compiled rule or sub-expression: data -> value."""
-
-TraceStep = tuple[str, str]
-"""(JSON pointer into the rule, what happened there), recorded by ``explain``."""
 
 _ITERATION_OPS: Final = frozenset({"map", "filter", "reduce", "all", "some", "none"})
 _CUSTOM_OPS: Final = frozenset({"fractional", "sem_ver", "starts_with", "ends_with"})
@@ -56,10 +55,6 @@ class RuleError(Exception):
     Raised when the offending node is *evaluated*, as flagd does, so that a broken
     branch that is never reached does not break the flag.
     """
-
-
-def _const(value: Any) -> Compiled:
-    return lambda d: value
 
 
 def _flagd(flag_key: str) -> dict[str, Any]:
@@ -85,11 +80,11 @@ class _Compiler:
     def compile(self, logic: Any, top: bool, at: str) -> Compiled:
         if isinstance(logic, list):
             if is_literal(logic):
-                return _const(logic)
+                return const(logic)
             items = [self.compile(x, top, f"{at}/{i}") for i, x in enumerate(logic)]
             return lambda d: [f(d) for f in items]
         if not isinstance(logic, dict) or len(logic) != 1:
-            return _const(logic)
+            return const(logic)
         op, raw = next(iter(logic.items()))
         here = f"{at}/{op}"
         if op == "$ref" and isinstance(raw, str):
@@ -108,9 +103,11 @@ class _Compiler:
         if op in DATA_OPS:
             return self._data_op(op, fs, top)
         if op == "fractional":
-            return self._fractional(args, fs, consts, top, here)
+            return compile_fractional(
+                args, fs, consts, top, here, self.flag_key, self.fractional, self.trace
+            )
         if op == "sem_ver":
-            return self._sem_ver(args, fs, consts)
+            return compile_sem_ver(args, fs, consts)
         if op in ("starts_with", "ends_with"):
             fn = cops.starts_with if op == "starts_with" else cops.ends_with
             return lambda d: fn([f(d) for f in fs])
@@ -198,70 +195,10 @@ class _Compiler:
         return or_
 
     def _iteration(self, op: str, args: list[Any], top: bool, at: str) -> Compiled:
-        items = self.compile(args[0], top, f"{at}/0") if args else _const(None)
-        sub = self.compile(args[1], False, f"{at}/1") if len(args) > 1 else _const(None)
-        if op == "map":
-            if not args:
-                return lambda d: []
-
-            def map_(d: Any) -> Any:
-                xs = items(d)
-                return [sub(x) for x in xs] if isinstance(xs, list) else []
-
-            return map_
-        if op == "filter":
-            if len(args) < 2:
-                return lambda d: []
-
-            def filter_(d: Any) -> Any:
-                xs = items(d)
-                return [x for x in xs if truthy(sub(x))] if isinstance(xs, list) else []
-
-            return filter_
-        if op == "reduce":
-            if not args:
-                return lambda d: None
-            init = args[2] if len(args) > 2 else None  # not evaluated, as in flagd
-
-            def reduce_(d: Any) -> Any:
-                xs = items(d)
-                if not isinstance(xs, list):
-                    return init
-                scope: dict[str, Any] = {"accumulator": init}
-                for x in xs:
-                    scope["current"] = x
-                    scope["accumulator"] = sub(scope)
-                return scope["accumulator"]
-
-            return reduce_
-        if op == "all":
-            if len(args) < 2:
-                return lambda d: False
-
-            def all_(d: Any) -> bool:
-                xs = items(d)
-                if not isinstance(xs, list) or not xs:
-                    return False
-                return all(truthy(sub(x)) for x in xs)
-
-            return all_
-        if op == "some":
-            if len(args) < 2:
-                return lambda d: False
-
-            def some_(d: Any) -> bool:
-                xs = items(d)
-                return isinstance(xs, list) and any(truthy(sub(x)) for x in xs)
-
-            return some_
-        if len(args) < 2:  # none
-            return lambda d: True
-
-        def none_(d: Any) -> bool:
-            xs = items(d)
-            return not isinstance(xs, list) or not any(truthy(sub(x)) for x in xs)
-
-        return none_
+        items = self.compile(args[0], top, f"{at}/0") if args else const(None)
+        sub = self.compile(args[1], False, f"{at}/1") if len(args) > 1 else const(None)
+        init = args[2] if len(args) > 2 else None
+        return compile_iteration(op, len(args), items, sub, init)
 
     def _ref(self, name: str, at: str) -> Compiled:
         # $ref is substituted before compiling (flagd's order); what is left is an error.
@@ -314,7 +251,7 @@ class _Compiler:
         props = tuple(key.split("."))
         if props[0] == "$flagd":
             if key == "$flagd.flagKey" and default_f is None:
-                return _const(self.flag_key)
+                return const(self.flag_key)
             if key == "$flagd.timestamp" and default_f is None:
                 return lambda d: int(time.time())
             flag_key = self.flag_key
@@ -359,121 +296,7 @@ class _Compiler:
             return top_data_op
         return lambda d: fn(d, *[f(d) for f in fs])
 
-    # -- flagd operations -----------------------------------------------------------
-
-    def _fractional(
-        self, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool, at: str
-    ) -> Compiled:
-        version = self.fractional
-        flag_key = self.flag_key
-        trace = self.trace
-        if not top:
-            # Inside map/filter/... flagd reads $flagd and targetingKey from the item.
-            def nested(d: Any) -> Any:
-                def shorthand() -> tuple[Any, Any]:
-                    return d.get("$flagd", {}).get("flagKey", ""), d.get("targetingKey")
-
-                return cops.fractional(shorthand, [f(d) for f in fs], version)
-
-            return nested
-        if not args:
-            return _const(None)
-        shorthand = isinstance(args[0], list) and consts[0]
-        rest = args if shorthand else args[1:]
-        if all(consts[len(args) - len(rest) :]) and trace is None:
-            bucketer = cops.Bucketer.parse(rest)
-            if bucketer is None or bucketer.total <= 0 or bucketer.total > cops.MAX_WEIGHT_SUM:
-                if shorthand:
-                    return _const(None)
-            elif shorthand:
-                return self._fractional_shorthand(bucketer)
-            else:
-                return self._fractional_by(fs[0], bucketer, rest)
-
-        def generic(d: Any) -> Any:
-            values = [f(d) for f in fs]
-            result = cops.fractional(lambda: (flag_key, d.get("targetingKey")), values, version)
-            if trace is not None:
-                trace.append((at, f"fractional bucket -> {json.dumps(result)}"))
-            return result
-
-        return generic
-
-    def _fractional_shorthand(self, bucketer: cops.Bucketer) -> Compiled:
-        # The hot path of every rollout: hash the targeting key, find the bucket.
-        hash_ = cops._hash
-        ends, variants, total = bucketer.ends, bucketer.variants, bucketer.total
-        if self.fractional == "v2":
-            flag_key = self.flag_key
-
-            def v2(d: Any) -> Any:
-                tk = d.get("targetingKey")
-                if not tk:
-                    return None  # and a non-string key raises below, as in flagd
-                return variants[bisect_right(ends, (hash_(flag_key + tk, 0, False) * total) >> 32)]
-
-            return v2
-        prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
-        text = cops.canonical_cbor
-
-        def v3(d: Any) -> Any:
-            tk = d.get("targetingKey")
-            if not tk or type(tk) is not str:
-                return None
-            return variants[bisect_right(ends, (hash_(prefix + text(tk), 0, False) * total) >> 32)]
-
-        return v3
-
-    def _fractional_by(self, first: Compiled, bucketer: cops.Bucketer, rest: list[Any]) -> Compiled:
-        # The first argument is an expression; its value decides how flagd reads it.
-        hash_ = cops._hash
-        pick = bucketer.pick
-        flag_key = self.flag_key
-        version = self.fractional
-        encode = cops.canonical_cbor
-
-        def fractional_by(d: Any) -> Any:
-            value = first(d)
-            if type(value) is str:
-                if version == "v2":
-                    return pick(hash_(value, signed=False)) if value else None
-                return pick(hash_(encode(value), signed=False))
-            return cops.fractional(
-                lambda: (flag_key, d.get("targetingKey")), [value, *rest], version
-            )
-
-        return fractional_by
-
-    def _sem_ver(self, args: list[Any], fs: list[Compiled], consts: list[bool]) -> Compiled:
-        if len(args) == 3 and consts[1] and consts[2] and not consts[0]:
-            compare = cops.semver_operator(args[1])
-            right = cops.parse_semver(args[2])
-            left_f = fs[0]
-            if compare is None or right is None:
-                return lambda d: (left_f(d), None)[1]
-
-            def sem_ver(d: Any) -> bool | None:
-                left = cops.parse_semver(left_f(d))
-                return None if left is None else compare(left, right)
-
-            return sem_ver
-        return lambda d: cops.sem_ver([f(d) for f in fs])
-
     # -- value operations -------------------------------------------------------------
-
-    @staticmethod
-    def _simple_var(logic: Any) -> str | None:
-        """The key of ``{"var": "name"}`` (no dots, no default, not $flagd), else None."""
-        if not (isinstance(logic, dict) and len(logic) == 1 and "var" in logic):
-            return None
-        key = logic["var"]
-        if isinstance(key, list):
-            if len(key) != 1:
-                return None
-            key = key[0]
-        if not isinstance(key, str) or not key or "." in key or key == "$flagd":
-            return None
-        return key
 
     def _value_op(
         self, op: str, args: list[Any], fs: list[Compiled], consts: list[bool], top: bool
@@ -483,7 +306,7 @@ class _Compiler:
             b = args[1]
             a_f = fs[0]
             negate = op == "!="
-            simple = self._simple_var(args[0]) if top else None
+            simple = simple_var(args[0]) if top else None
             if isinstance(b, str) and simple is not None:
 
                 def eq_str_var(d: Any) -> bool:

@@ -1,6 +1,6 @@
 """JsonLogic's built-in operations, with the semantics of flagd's reference evaluator.
 
-These are the slow, general forms; :mod:`flagwire._jsonlogic` compiles rules into
+These are the slow, general forms; :mod:`flagwire._engine.compiler` compiles rules into
 closures that call them only where no faster specialisation applies. Coercions follow
 JavaScript as JsonLogic defines it (``to_number``, ``to_string``, truthiness).
 """
@@ -13,6 +13,17 @@ from typing import Any
 
 NAN = float("nan")
 NUMERIC = (int, float)
+
+Compiled = Callable[[Any], Any]
+"""A compiled rule or sub-expression: data -> value."""
+
+TraceStep = tuple[str, str]
+"""(JSON pointer into the rule, what happened there), recorded by ``explain``."""
+
+
+def const(value: Any) -> Compiled:
+    """A compiled constant."""
+    return lambda d: value
 
 
 def to_number(a: Any) -> float | int:
@@ -312,3 +323,17 @@ def returns_bool(logic: Any) -> bool:
         op = next(iter(logic))
         return op in BOOLEAN_OPS or op in ("sem_ver", "starts_with", "ends_with")
     return isinstance(logic, bool)
+
+
+def simple_var(logic: Any) -> str | None:
+    """The key of ``{"var": "name"}`` (no dots, no default, not $flagd), else None."""
+    if not (isinstance(logic, dict) and len(logic) == 1 and "var" in logic):
+        return None
+    key = logic["var"]
+    if isinstance(key, list):
+        if len(key) != 1:
+            return None
+        key = key[0]
+    if not isinstance(key, str) or not key or "." in key or key == "$flagd":
+        return None
+    return key
