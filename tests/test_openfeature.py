@@ -246,7 +246,7 @@ def test_types_errors_and_reasons_map_to_openfeature(flagset: FlagSet) -> None:
 def test_provider_reports_source_changes() -> None:
     from openfeature.event import EventDetails, ProviderEvent
 
-    from flagwire._sources.base import _SourceBase
+    from flagwire._sources.base import SourceBase as _SourceBase
 
     class Swappable(_SourceBase):
         pass

@@ -19,7 +19,8 @@ from ._request.flags import (
     default_source,
     set_default_source,
 )
-from ._sources.base import FileSource, Source, SourceStatus, StaticSource
+from ._sources.base import Source, SourceStatus, StaticSource
+from ._sources.file import FileSource
 from ._sources.http import HttpSource
 
 __version__ = "0.1.0"

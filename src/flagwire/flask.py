@@ -34,7 +34,8 @@ from ._errors import ConfigError
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
 from ._propagation.policy import Propagation
 from ._request.flags import RequestFlags, _current, add_resolver, current_flags
-from ._sources.base import FileSource, Source
+from ._sources.base import Source
+from ._sources.file import FileSource
 from ._telemetry import Telemetry
 from .context import reads_environ
 from .wsgi import ENVIRON_KEY, STARTED_KEY, StartResponse, WSGIApp

@@ -1,4 +1,4 @@
-"""Where flag sets come from: the :class:`Source` protocol and :class:`FileSource`.
+"""Where flag sets come from: the :class:`Source` protocol, its status and the shared base.
 
 A source holds the flag set in force and swaps it atomically when a valid new version
 arrives. An invalid update never replaces the flag set in force: the source keeps the
@@ -8,19 +8,16 @@ last good one, logs the error and reports it in :attr:`Source.status`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from flagwire._engine.flagset import FlagSet
-from flagwire._errors import ConfigError, FlagsetError, SourceError
+from flagwire._errors import ConfigError
 
-__all__ = ["FileSource", "Listener", "Source", "SourceStatus", "StaticSource", "as_source"]
+__all__ = ["Listener", "Source", "SourceBase", "SourceStatus", "StaticSource", "as_source"]
 
 logger = logging.getLogger("flagwire")
 
@@ -75,7 +72,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class _SourceBase:
+class SourceBase:
     """The last-known-good flag set, status and listeners, shared by sources."""
 
     def __init__(self, name: str) -> None:
@@ -135,170 +132,6 @@ class _SourceBase:
             )
             version = self.flagset.version_label
         logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
-
-
-_P = TypeVar("_P", bound="_PollingSource")
-
-
-class _PollingSource(_SourceBase):
-    """A source a daemon thread refreshes, restarted in forked children.
-
-    Subclasses set ``_refresh_lock`` (a ``Lock`` unless they need an ``RLock``),
-    implement :meth:`_poll` and :meth:`_delay`, and call :meth:`_start_polling`.
-    """
-
-    _refresh_lock_type: Callable[[], Any] = threading.Lock
-    _join_timeout = 5.0
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._refresh_lock = self._refresh_lock_type()
-
-    def _poll(self) -> object:
-        raise NotImplementedError
-
-    def _delay(self) -> float:
-        raise NotImplementedError
-
-    def _thread_name(self) -> str:
-        return f"flagwire-source:{self._name}"
-
-    def _start_polling(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self._thread_name(), daemon=True)
-        self._thread.start()
-        _POLLING.add(self)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._delay()):
-            self._poll()
-
-    def _after_fork(self) -> None:
-        # A forked child (gunicorn --preload, multiprocessing) has no polling thread, and
-        # its locks may have been held at the fork: new ones, and a new thread.
-        self._lock = threading.Lock()
-        self._refresh_lock = self._refresh_lock_type()
-        if not self._stop.is_set():
-            self._stop = threading.Event()
-            self._start_polling()
-
-    def close(self) -> None:
-        """Stop polling (a refresh in progress finishes)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self._join_timeout)
-
-    def __enter__(self: _P) -> _P:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-_POLLING: weakref.WeakSet[_PollingSource] = weakref.WeakSet()
-
-
-def _restart_polling_after_fork() -> None:
-    for source in list(_POLLING):
-        source._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_polling_after_fork)
-
-
-class FileSource(_PollingSource):
-    """A flag-definition file, reloaded when it changes.
-
-    The file is checked every ``poll_interval`` seconds by a daemon thread (by size,
-    modification time and inode, so editors that replace the file are seen too). A
-    valid new version replaces the flag set in one atomic swap; an invalid one is
-    logged and reported in :attr:`status` while the last good flag set stays in force.
-
-    Args:
-        path: The JSON or YAML file.
-        strict: Raise at start-up if the file is missing or invalid. Otherwise start
-            with an empty flag set, log a loud warning, and load the file as soon as
-            it becomes valid.
-        poll_interval: Seconds between checks; ``0`` disables watching (call
-            :meth:`refresh` yourself).
-        fractional: Force the fractional algorithm (``"v2"``/``"v3"``).
-
-    Raises:
-        FlagsetError: In strict mode, when the file is missing or invalid.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        strict: bool = False,
-        poll_interval: float = 0.5,
-        fractional: str | None = None,
-    ) -> None:
-        super().__init__(str(path))
-        self.path = Path(path)
-        self._fractional = fractional
-        self._signature: tuple[int, int, int] | None = None
-        try:
-            self._load()
-        except FlagsetError as exc:
-            if strict:
-                raise
-            self._reject(exc)
-            logger.warning(
-                "flagwire: starting with NO FLAGS: %s. Every flag gives its code default "
-                "until %s is valid (use strict=True to fail instead).",
-                exc,
-                self.path,
-            )
-        self._poll_interval = poll_interval
-        if poll_interval > 0:
-            self._start_polling()
-
-    def _delay(self) -> float:
-        return self._poll_interval
-
-    def _thread_name(self) -> str:
-        return f"flagwire-watch:{self.path}"
-
-    def _poll(self) -> object:
-        return self.refresh()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def _load(self) -> None:
-        signature = self._stat()
-        self._signature = signature
-        if signature is None:
-            raise FlagsetError("file not found", path=str(self.path))
-        self._accept(FlagSet.from_path(self.path, fractional=self._fractional))
-
-    def refresh(self) -> bool:
-        """Reload now if the file changed. Returns True if a new flag set is in force."""
-        with self._refresh_lock:
-            signature = self._stat()
-            if signature == self._signature:
-                return False
-            before = self.flagset
-            try:
-                self._load()
-            except (FlagsetError, SourceError) as exc:
-                self._reject(exc)
-                return False
-            except Exception as exc:  # never let a bad file kill the watcher
-                self._reject(SourceError(f"{self.path}: {type(exc).__name__}: {exc}"))
-                return False
-            return self.flagset.digest != before.digest
-
-    def __repr__(self) -> str:
-        return f"<FileSource {self.path} {self._status.version} ok={self._status.ok}>"
 
 
 class StaticSource:

@@ -32,11 +32,8 @@ good flag set, and reports the failure in :attr:`HttpSource.status` (``ok`` Fals
 ``max_backoff`` small (e.g. 30 s) where kill switches matter: it bounds how long a service
 that saw the server fail takes to see a flip made after the server recovers.
 
-There is no push channel (server-sent events, flagd's gRPC sync stream): it would shave
-the polling interval off the delay at the cost of a long-lived connection per process, a
-reconnect protocol and a dependency or a hand-written SSE client. Polling with conditional
-requests gives a bounded, documented delay with the standard library alone, so push is
-deliberately not implemented.
+For changes in milliseconds rather than seconds, a push source subscribes instead of
+polling (see the README's sources section).
 
 Offline mode
 ------------
@@ -52,15 +49,10 @@ set) never replaces the flag set in force and is never written to the cache.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import gzip
-import hashlib
-import json
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 import urllib.error
@@ -68,15 +60,15 @@ import urllib.parse
 import urllib.request
 from dataclasses import replace
 from datetime import datetime, timezone
-from email.message import Message
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any
 
 from flagwire._engine.flagset import FlagSet
 from flagwire._errors import ConfigError, FlagsetError, SourceError
 
-from .base import _PollingSource
+from .cache import DocumentCache
+from .http_fetch import Fetched, charset, display_url, failure_reason, format_for, without_userinfo
+from .polling import PollingSource
 
 __all__ = ["HttpSource"]
 
@@ -87,98 +79,13 @@ _MAX_BYTES = 16 * 1024 * 1024
 
 _USER_AGENT = "flagwire-http-source/1"
 _ACCEPT = "application/json, application/yaml;q=0.9, text/yaml;q=0.9, */*;q=0.1"
-_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _display_url(url: str) -> str:
-    """The URL without credentials or query string (signed URLs carry secrets there)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _without_userinfo(url: str, headers: dict[str, str]) -> str:
-    """The URL without ``user:password@``, which becomes Basic auth in ``headers``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None:
-        return url
-    if not any(name.lower() == "authorization" for name in headers):
-        user = urllib.parse.unquote(parts.username)
-        password = urllib.parse.unquote(parts.password or "")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        headers["Authorization"] = f"Basic {token}"
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _format_for(content_type: str | None, url: str) -> str | None:
-    """``"json"``/``"yaml"`` from the Content-Type or the URL suffix; None to guess."""
-    if content_type:
-        media = content_type.split(";", 1)[0].strip().lower()
-        if media == "application/json" or media.endswith("+json"):
-            return "json"
-        if media in _YAML_TYPES or media.endswith("+yaml"):
-            return "yaml"
-    path = urllib.parse.urlsplit(url).path.lower()
-    if path.endswith(".json"):
-        return "json"
-    if path.endswith((".yaml", ".yml")):
-        return "yaml"
-    return None
-
-
-def _charset(content_type: str | None) -> str:
-    if not content_type:
-        return "utf-8"
-    message = Message()
-    message["content-type"] = content_type
-    return message.get_content_charset() or "utf-8"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-class _Fetched:
-    """One fetch's outcome: a new document, or ``not_modified``."""
-
-    __slots__ = ("body", "content_type", "etag", "last_modified", "not_modified")
-
-    def __init__(
-        self,
-        *,
-        body: bytes = b"",
-        content_type: str | None = None,
-        etag: str | None = None,
-        last_modified: str | None = None,
-        not_modified: bool = False,
-    ) -> None:
-        self.body = body
-        self.content_type = content_type
-        self.etag = etag
-        self.last_modified = last_modified
-        self.not_modified = not_modified
-
-
-class HttpSource(_PollingSource):
+class HttpSource(PollingSource):
     """A flagd flag file fetched over HTTP(S) and polled for changes.
 
     The first fetch happens in the constructor (it waits at most about ``timeout``
@@ -236,15 +143,16 @@ class HttpSource(_PollingSource):
         if fractional is not None and fractional not in ("v2", "v3"):
             raise ConfigError(f'fractional must be "v2" or "v3", not {fractional!r}')
         self.url = url
-        self.display_url = _display_url(url)
+        self.display_url = display_url(url)
         super().__init__(self.display_url)
         self.interval = float(interval)
         self.jitter = float(jitter)
         self.timeout = float(timeout)
         self.max_backoff = float(max_backoff)
         self.cache_path = None if cache_path is None else Path(cache_path)
+        self._cache = None if cache_path is None else DocumentCache(cache_path, self.display_url)
         self._headers = dict(headers or {})
-        self._request_url = _without_userinfo(url, self._headers)
+        self._request_url = without_userinfo(url, self._headers)
         self._fractional = fractional
         self._random = random.Random()
         self._opener = urllib.request.build_opener()
@@ -343,9 +251,9 @@ class HttpSource(_PollingSource):
             self.not_modified_count += 1
             self._confirm()
             return
-        fmt = _format_for(fetched.content_type, self.url)
+        fmt = format_for(fetched.content_type, self.url)
         try:
-            text = fetched.body.decode(_charset(fetched.content_type))
+            text = fetched.body.decode(charset(fetched.content_type))
         except (UnicodeDecodeError, LookupError) as exc:
             raise FlagsetError(f"cannot decode the document: {exc}", path=self.display_url) from exc
         flagset = FlagSet.from_text(
@@ -357,7 +265,7 @@ class HttpSource(_PollingSource):
         self.from_cache = False
         self._write_cache(fetched.body, fmt)
 
-    def _fetch(self) -> _Fetched:
+    def _fetch(self) -> Fetched:
         request = urllib.request.Request(self._request_url, method="GET")
         request.add_header("User-Agent", _USER_AGENT)
         request.add_header("Accept", _ACCEPT)
@@ -389,15 +297,15 @@ class HttpSource(_PollingSource):
         except urllib.error.HTTPError as exc:
             with exc:  # close its response, or it leaks a socket
                 if exc.code == 304:
-                    return _Fetched(not_modified=True)
+                    return Fetched(not_modified=True)
                 raise SourceError(
                     f"{self.display_url}: HTTP {exc.code} {exc.reason}".rstrip()
                 ) from None
         except urllib.error.URLError as exc:
-            reason = _reason(exc.reason, self.timeout)
+            reason = failure_reason(exc.reason, self.timeout)
             raise SourceError(f"{self.display_url}: cannot fetch: {reason}") from exc
         except (OSError, HTTPException, ValueError) as exc:
-            reason = _reason(exc, self.timeout)
+            reason = failure_reason(exc, self.timeout)
             raise SourceError(f"{self.display_url}: cannot fetch: {reason}") from exc
         body = b"".join(chunks)
         if (headers.get("Content-Encoding") or "").strip().lower() == "gzip":
@@ -405,7 +313,7 @@ class HttpSource(_PollingSource):
                 body = gzip.decompress(body)
             except (OSError, EOFError) as exc:
                 raise SourceError(f"{self.display_url}: bad gzip body: {exc}") from exc
-        return _Fetched(
+        return Fetched(
             body=body,
             content_type=headers.get("Content-Type"),
             etag=headers.get("ETag"),
@@ -426,80 +334,37 @@ class HttpSource(_PollingSource):
 
     # -- the on-disk cache -------------------------------------------------------------
 
-    @property
-    def _meta_path(self) -> Path | None:
-        if self.cache_path is None:
-            return None
-        return self.cache_path.with_name(self.cache_path.name + ".meta.json")
-
     def _write_cache(self, body: bytes, fmt: str | None) -> None:
-        meta_path = self._meta_path
-        if self.cache_path is None or meta_path is None:
-            return
-        meta = {
-            "url": self.display_url,
-            "etag": self.etag,
-            "last_modified": self.last_modified,
-            "format": fmt,
-            "fetched_at": (self._status.last_good_load or _now()).isoformat(),
-            "sha256": hashlib.sha256(body).hexdigest(),
-        }
-        try:
-            _write_atomically(self.cache_path, body)
-            _write_atomically(meta_path, json.dumps(meta, indent=2).encode())
-        except OSError as exc:
-            logger.warning("flagwire: cannot write the flag cache %s: %s", self.cache_path, exc)
+        if self._cache is not None:
+            self._cache.write(
+                body,
+                format=fmt,
+                fetched_at=self._status.last_good_load or _now(),
+                validators={"etag": self.etag, "last_modified": self.last_modified},
+            )
 
     def _load_cache(self) -> str | None:
         """Put the cached flag set in force, if there is a valid one; else the problem."""
-        meta_path = self._meta_path
-        if self.cache_path is None or meta_path is None:
+        if self._cache is None:
             return None
-        try:
-            body = self.cache_path.read_bytes()
-        except FileNotFoundError:
-            return f"{self.cache_path} does not exist"
-        except OSError as exc:
-            return f"cannot read {self.cache_path}: {exc}"
-        meta: dict[str, Any] = {}
-        try:
-            loaded = json.loads(meta_path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                meta = loaded
-        except (OSError, ValueError):
-            logger.warning("flagwire: %s is missing or unreadable; ignoring it", meta_path)
-        if meta.get("url") not in (None, self.display_url):
-            problem = f"{self.cache_path} holds flags of {meta.get('url')}, not {self.display_url}"
-            logger.warning("flagwire: ignoring the flag cache: %s", problem)
-            return problem
-        fmt = meta.get("format")
+        cached = self._cache.read(("etag", "last_modified"))
+        if isinstance(cached, str):
+            return cached
         try:
             flagset = FlagSet.from_text(
-                body.decode("utf-8"),
-                format=fmt if fmt in ("json", "yaml") else None,
+                cached.text,
+                format=cached.format,
                 source=self.display_url,
                 fractional=self._fractional,
             )
-        except (FlagsetError, UnicodeDecodeError) as exc:
-            problem = f"{self.cache_path} is invalid: {exc}"
-            logger.warning("flagwire: ignoring the flag cache: %s", problem)
-            return problem
+        except FlagsetError as exc:
+            return self._cache.invalid(exc)
         # Conditional requests only if the validators belong to this very body.
-        if meta.get("sha256") == hashlib.sha256(body).hexdigest():
-            etag, last_modified = meta.get("etag"), meta.get("last_modified")
-            self.etag = etag if isinstance(etag, str) else None
-            self.last_modified = last_modified if isinstance(last_modified, str) else None
-        fetched_at: datetime | None = None
-        if isinstance(meta.get("fetched_at"), str):
-            try:
-                fetched_at = datetime.fromisoformat(meta["fetched_at"])
-            except ValueError:
-                fetched_at = None
-        if fetched_at is None:
-            fetched_at = datetime.fromtimestamp(self.cache_path.stat().st_mtime, timezone.utc)
+        self.etag = cached.validators.get("etag")
+        self.last_modified = cached.validators.get("last_modified")
         self._accept(flagset)
         with self._lock:  # the flags are as fresh as that fetch, not as this start-up
-            self._status = replace(self._status, last_good_load=fetched_at)
+            self._status = replace(self._status, last_good_load=cached.fetched_at)
         self.from_cache = True
         return None
 
@@ -523,11 +388,3 @@ class HttpSource(_PollingSource):
 
     def __repr__(self) -> str:
         return f"<HttpSource {self.display_url} {self._status.version} ok={self._status.ok}>"
-
-
-def _reason(reason: object, timeout: float) -> str:
-    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-        return f"timed out after {timeout} s"
-    if isinstance(reason, BaseException):
-        return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
-    return str(reason)

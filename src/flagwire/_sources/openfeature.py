@@ -23,7 +23,7 @@ from flagwire._engine.flagset import FlagSet
 from flagwire._errors import ConfigError
 from flagwire._types import Context, MetadataValue
 
-from .base import _SourceBase
+from .base import SourceBase
 
 __all__ = ["BridgedFlag", "OpenFeatureSource"]
 
@@ -278,7 +278,7 @@ class _BridgedFlagSet(FlagSet):
         return bridge(context)
 
 
-class OpenFeatureSource(_SourceBase):
+class OpenFeatureSource(SourceBase):
     """An OpenFeature provider (or client) as a flagwire :class:`~flagwire.Source`.
 
     The flags in ``flags`` become a flagwire flag set whose decisions are the
