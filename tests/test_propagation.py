@@ -48,7 +48,8 @@ from flagwire import (
     context,
     current_flags,
 )
-from flagwire._propagation.policy import default_propagation, merge_baggage, split_baggage
+from flagwire._propagation.baggage import merge_baggage, split_baggage
+from flagwire._propagation.policy import default_propagation
 from flagwire.asgi import FlagwireMiddleware
 from flagwire.flask import Flagwire
 from flagwire.httpx import (
@@ -1428,7 +1429,7 @@ def test_the_opentelemetry_entry_point() -> None:
 def test_the_precomputed_hmac_is_hmac_sha256(key: bytes, message: bytes) -> None:
     import hmac
 
-    from flagwire._propagation.policy import _HmacSha256
+    from flagwire._propagation.signing import _HmacSha256
 
     assert _HmacSha256(key)(message) == hmac.digest(key, message, "sha256")
 

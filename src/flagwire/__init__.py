@@ -11,7 +11,8 @@ from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType
 from ._engine.definitions import FlagDefinition
 from ._engine.flagset import FlagSet
 from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
-from ._propagation.policy import KeyRing, Propagation, set_default_propagation
+from ._propagation.policy import Propagation, set_default_propagation
+from ._propagation.signing import KeyRing
 from ._request.flags import (
     RequestFlags,
     activate,

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._engine.flagset import FlagSet
-from ._propagation.policy import PREFIX, Propagation, default_propagation
+from ._propagation.baggage import PREFIX
+from ._propagation.policy import Propagation, default_propagation
 from ._request.flags import _NOT_YET, RequestFlags, default_source, set_default_source
 from ._sources.base import Source, as_source
 from ._telemetry import RequestRecord, Telemetry, record_all

@@ -22,15 +22,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ._engine.flagset import FlagSet
-from ._propagation.policy import (
-    DEFAULT_ALLOWED_HOSTS,
-    KeyRing,
-    Propagated,
-    Propagation,
-    default_propagation,
-    merge_baggage,
-    set_default_propagation,
-)
+from ._propagation.baggage import Propagated, merge_baggage
+from ._propagation.destinations import DEFAULT_ALLOWED_HOSTS
+from ._propagation.policy import Propagation, default_propagation, set_default_propagation
+from ._propagation.signing import KeyRing
 from ._request.flags import RequestFlags, activate, current_flags
 from ._sources.base import Source
 

@@ -24,193 +24,32 @@ in a deterministic order (by flag key, the last ones first) and counted.
 
 from __future__ import annotations
 
-import base64
-import fnmatch
-import hashlib
-import hmac
-import ipaddress
 import logging
-import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import lru_cache
-from types import MappingProxyType
-from typing import Final, NamedTuple
-from urllib.parse import quote, unquote
+from collections.abc import Callable, Mapping, Sequence
 
 from flagwire._errors import ConfigError
 
-__all__ = [
-    "DEFAULT_ALLOWED_HOSTS",
-    "KeyRing",
-    "Propagated",
-    "Propagation",
-    "default_propagation",
-    "merge_baggage",
-    "set_default_propagation",
-    "split_baggage",
-]
+from .baggage import (
+    ENCODING_VERSION,
+    FLAG,
+    NOTHING,
+    PREFIX,
+    W3C_MAX_BYTES,
+    W3C_MAX_MEMBERS,
+    Propagated,
+    decode,
+    encode,
+    merge_baggage,
+    signed,
+)
+from .destinations import Destinations
+from .signing import KEYS_ENV, KeyRing
+
+__all__ = ["Propagation", "default_propagation", "set_default_propagation"]
 
 logger = logging.getLogger("flagwire")
-
-ENCODING_VERSION: Final = "1"
-PREFIX: Final = "fw."
-_FLAG: Final = "fw.f."
-W3C_MAX_BYTES: Final = 8192
-W3C_MAX_MEMBERS: Final = 180
-
-DEFAULT_ALLOWED_HOSTS: Final = (
-    "localhost",
-    "127.0.0.1",
-    "::1",
-    "*.internal",
-    "*.local",
-    "*.localdomain",
-    "*.svc",
-    "*.cluster.local",
-)
-"""Destinations that get flag baggage by default: loopback, single-label names (service
-names in Docker and Kubernetes) and cluster-internal domains. Anything else gets none."""
-
-KEYS_ENV: Final = "FLAGWIRE_PROPAGATION_KEYS"
-HOSTS_ENV: Final = "FLAGWIRE_PROPAGATION_HOSTS"
-
-# RFC 3986 unreserved characters survive; everything else is %XX (so "+" is never a space).
-_SAFE: Final = "-._~"
-_PLAIN = re.compile(r"[A-Za-z0-9\-._~]*")
-
-
-@lru_cache(maxsize=8192)  # flag keys, variants and versions repeat across requests
-def _encode(text: str) -> str:
-    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
-
-
-@lru_cache(maxsize=8192)
-def _decode(text: str) -> str:
-    return unquote(text) if "%" in text else text
-
-
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
-
-
-class _HmacSha256:
-    """HMAC-SHA256 (RFC 2104) with the key's pads hashed once, not per message."""
-
-    __slots__ = ("_inner", "_outer")
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
-
-    def __call__(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-
-class KeyRing:
-    """Shared secrets for signing propagated assignments.
-
-    The first key signs; every key verifies, so keys can be rotated: add the new key
-    second everywhere, then move it first, then remove the old one.
-
-    Args:
-        keys: The secrets (at least 16 bytes each is sensible).
-
-    Raises:
-        ConfigError: No keys, or an empty key.
-    """
-
-    __slots__ = ("_by_id", "_signing")
-
-    def __init__(self, keys: Iterable[str | bytes]) -> None:
-        secrets = [k.encode() if isinstance(k, str) else bytes(k) for k in keys]
-        if not secrets or any(not k for k in secrets):
-            raise ConfigError("a propagation key ring needs at least one non-empty key")
-        ids = [self._key_id(k) for k in secrets]
-        self._signing = (ids[0], _HmacSha256(secrets[0]))
-        self._by_id: dict[str, list[_HmacSha256]] = {}
-        for kid, secret in zip(ids, secrets, strict=True):
-            self._by_id.setdefault(kid, []).append(_HmacSha256(secret))
-
-    @staticmethod
-    def _key_id(secret: bytes) -> str:
-        return base64.urlsafe_b64encode(hashlib.sha256(secret).digest()[:3]).decode()
-
-    @classmethod
-    def from_env(cls, variable: str = KEYS_ENV) -> KeyRing | None:
-        """The key ring in ``$FLAGWIRE_PROPAGATION_KEYS`` (comma-separated), or None."""
-        raw = os.environ.get(variable, "")
-        keys = [k.strip() for k in raw.split(",") if k.strip()]
-        return cls(keys) if keys else None
-
-    def sign(self, message: bytes) -> str:
-        """``<key id>.<first 128 bits of HMAC-SHA256, hex>`` with the signing key."""
-        kid, mac = self._signing
-        return f"{kid}.{mac(message)[:16].hex()}"
-
-    def verify(self, message: bytes, signature: str) -> bool:
-        """Whether any key with the signature's key id made it."""
-        kid, _, given = signature.partition(".")
-        for mac in self._by_id.get(kid, ()):
-            if hmac.compare_digest(mac(message)[:16].hex(), given):
-                return True
-        return False
-
-    def __repr__(self) -> str:
-        return f"<KeyRing signing={self._signing[0]} keys={sum(map(len, self._by_id.values()))}>"
-
-
-def _signed(targeting_key: str, version: str, expires: int, lines: Sequence[str]) -> bytes:
-    """What the HMAC covers: the percent-encoded fields and ``key=value`` assignment lines
-    (percent-encoding never yields "\\n" or "="), so no two different sets of fields give
-    the same message."""
-    return "\n".join([ENCODING_VERSION, targeting_key, version, str(expires), *lines]).encode()
-
-
-class Propagated(NamedTuple):
-    """What an inbound ``baggage`` header carried of flagwire's.
-
-    Attributes:
-        assignments: Flag key -> variant, empty unless ``trusted``.
-        targeting_key: The subject's targeting key, ``None`` unless ``trusted``.
-        version: The sender's flag-set version.
-        trusted: The members verified against a key and had not expired.
-        problem: Why flagwire members were present but not trusted (``None`` if none).
-    """
-
-    assignments: Mapping[str, str] = MappingProxyType({})
-    targeting_key: str | None = None
-    version: str | None = None
-    trusted: bool = False
-    problem: str | None = None
-
-
-_NOTHING: Final = Propagated()
-
-
-def split_baggage(header: str) -> list[str]:
-    """The list members of a ``baggage`` header, as written (empty ones dropped)."""
-    return [m.strip(" \t") for m in header.split(",") if m.strip(" \t")]
-
-
-def merge_baggage(existing: str | None, ours: Sequence[str]) -> str | None:
-    """``existing`` without any flagwire member, plus ``ours`` (which may be empty)."""
-    kept = [
-        member
-        for member in (split_baggage(existing) if existing else ())
-        if not member.startswith(PREFIX)
-    ]
-    merged = kept + list(ours)
-    return ",".join(merged) if merged else None
 
 
 class _RateLimitedLog:
@@ -265,17 +104,13 @@ class Propagation:
             self.keys = keys
         else:
             self.keys = KeyRing(keys)
-        if allowed_hosts is None:
-            env = os.environ.get(HOSTS_ENV, "")
-            allowed_hosts = [h.strip() for h in env.split(",") if h.strip()] or list(
-                DEFAULT_ALLOWED_HOSTS
-            )
         if not 0 < max_bytes <= W3C_MAX_BYTES or not 5 < max_members <= W3C_MAX_MEMBERS:
             raise ConfigError(
                 f"propagation caps must be within the W3C limits ({W3C_MAX_BYTES} bytes, "
                 f"{W3C_MAX_MEMBERS} members) and leave room for the header members"
             )
-        self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
+        self.destinations = Destinations(allowed_hosts, allow_single_label)
+        self.allowed_hosts = self.destinations.allowed_hosts
         self.allow_single_label = allow_single_label
         self.ttl = ttl
         self.max_bytes = max_bytes
@@ -286,7 +121,6 @@ class Propagation:
         self.rejected = 0
         """Inbound headers whose flagwire members were not trusted (a counter)."""
         self._warn = _RateLimitedLog()
-        self._allowed_cache: dict[str, bool] = {}
         self._told_disabled = False
 
     @property
@@ -305,26 +139,9 @@ class Propagation:
                 KEYS_ENV,
             )
 
-    # -- destinations ----------------------------------------------------------------------
-
     def allows(self, host: str | None) -> bool:
         """Whether a destination host (``host`` or ``host:port``) gets flag baggage."""
-        if not host:
-            return False
-        cached = self._allowed_cache.get(host)
-        if cached is not None:
-            return cached
-        name = host.lower()
-        if name.startswith("["):  # [::1]:8080
-            name = name[1 : name.find("]")] if "]" in name else name
-        elif name.count(":") == 1:
-            name = name.split(":", 1)[0]
-        allowed = any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_hosts)
-        if not allowed and self.allow_single_label and "." not in name and ":" not in name:
-            allowed = bool(name) and not _is_ip(name)
-        if len(self._allowed_cache) < 4096:
-            self._allowed_cache[host] = allowed
-        return allowed
+        return self.destinations.allows(host)
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -339,14 +156,14 @@ class Propagation:
         if self.keys is None or not targeting_key or not assignments:
             return []
         expires = int(self.clock()) + self.ttl
-        etk, eversion = _encode(targeting_key), _encode(version)
+        etk, eversion = encode(targeting_key), encode(version)
         head = [
             f"fw.ver={ENCODING_VERSION}",
             f"fw.tk={etk}",
             f"fw.fs={eversion}",
             f"fw.exp={expires}",
         ]
-        lines = [_encode(k) + "=" + _encode(v) for k, v in sorted(assignments.items())]
+        lines = [encode(k) + "=" + encode(v) for k, v in sorted(assignments.items())]
         encoded = ["fw.f." + line for line in lines]
         # the signature member is "fw.sig=" + 4-char id + "." + 32 hex digits
         budget = self.max_bytes - sum(map(len, head)) - len(head) - 44
@@ -372,7 +189,7 @@ class Propagation:
                 len(encoded) - keep,
             )
             lines, encoded = lines[:keep], encoded[:keep]
-        signature = self.keys.sign(_signed(etk, eversion, expires, lines))
+        signature = self.keys.sign(signed(etk, eversion, expires, lines))
         return [*head, *encoded, f"fw.sig={signature}"]
 
     def header(
@@ -394,7 +211,7 @@ class Propagation:
         an untrusted result (counted, and logged at most once a minute).
         """
         if not header or PREFIX not in header:
-            return _NOTHING
+            return NOTHING
         if len(header) > W3C_MAX_BYTES:
             return self._reject("an oversized baggage header")
         fields: dict[str, str] = {}
@@ -413,12 +230,12 @@ class Propagation:
                 value = value.split(";", 1)[0]  # properties are not ours
             if spaced:
                 key, value = key.strip(" \t"), value.strip(" \t")
-            if key.startswith(_FLAG):
+            if key.startswith(FLAG):
                 encoded_name = key[5:]  # after "fw.f."
-                name = _decode(encoded_name)
+                name = decode(encoded_name)
                 if name in flags:
                     return self._reject("a repeated flagwire assignment")
-                flags[name] = _decode(value)
+                flags[name] = decode(value)
                 raw.append(encoded_name + "=" + value)
             elif key in fields:
                 return self._reject("a repeated flagwire baggage member")
@@ -435,14 +252,14 @@ class Propagation:
         except ValueError:
             return self._reject("flagwire baggage without a valid expiry")
         raw_tk, raw_fs = fields.get("fw.tk", ""), fields.get("fw.fs", "")
-        targeting_key, version = _decode(raw_tk), _decode(raw_fs)
+        targeting_key, version = decode(raw_tk), decode(raw_fs)
         # As sent by flagwire (sorted, canonical) first; else over the canonical encoding of
         # what was decoded, so a hop that re-encodes or reorders the members (an
         # OpenTelemetry SDK passing baggage through) changes nothing.
         keys = self.keys
-        if not keys.verify(_signed(raw_tk, raw_fs, expires, raw), signature):
-            lines = [_encode(k) + "=" + _encode(v) for k, v in sorted(flags.items())]
-            message = _signed(_encode(targeting_key), _encode(version), expires, lines)
+        if not keys.verify(signed(raw_tk, raw_fs, expires, raw), signature):
+            lines = [encode(k) + "=" + encode(v) for k, v in sorted(flags.items())]
+            message = signed(encode(targeting_key), encode(version), expires, lines)
             if not keys.verify(message, signature):
                 return self._reject("flagwire baggage with a bad signature")
         if expires < self.clock():
@@ -453,14 +270,6 @@ class Propagation:
         self.rejected += 1
         self._warn("flagwire: ignored %s from upstream", what)
         return Propagated(problem=what)
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 _default: Propagation | None = None
