@@ -6,6 +6,8 @@ The core (this package's top level) imports no web framework. Integrations live 
 
 from __future__ import annotations
 
+import importlib as _importlib
+
 from . import context
 from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
 from ._engine.definitions import FlagDefinition
@@ -25,6 +27,34 @@ from ._sources.file import FileSource
 from ._sources.http import HttpSource
 
 __version__ = "0.1.0"
+
+# Adapters and helpers load on first use (PEP 562), so ``import flagwire`` imports no web
+# framework, HTTP client or OpenTelemetry, and ``flagwire.httpx...`` still works after it.
+_SUBMODULES = frozenset(
+    {
+        "asgi",
+        "fastapi",
+        "flask",
+        "httpx",
+        "openfeature",
+        "otel",
+        "prometheus",
+        "propagation",
+        "requests",
+        "wsgi",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES})
+
 
 __all__ = [
     "Assignment",

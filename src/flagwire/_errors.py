@@ -71,3 +71,21 @@ class SourceError(FlagwireError):
 
 class ConfigError(FlagwireError, ValueError):
     """flagwire is configured wrongly (bad option, missing extra, ...)."""
+
+
+def missing_extra(exc: ImportError, module: str, what: str, extra: str) -> ImportError:
+    """The error to raise when an optional dependency of ``module`` failed to import.
+
+    Only a missing top-level package gets the install hint (an import that failed for
+    another reason, such as a circular import or a broken install, is returned as it is,
+    so its own message is not hidden behind a wrong one)::
+
+        except ImportError as exc:
+            raise missing_extra(exc, "flagwire.otel", "OpenTelemetry", "otel") from exc
+    """
+    if not isinstance(exc, ModuleNotFoundError) or exc.name is None or "flagwire" in exc.name:
+        return exc
+    return ImportError(
+        f"{module} needs {what} ({exc.name} is not installed): in a flagwire checkout, "
+        f'pip install -e ".[{extra}]"'
+    )

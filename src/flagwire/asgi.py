@@ -25,6 +25,7 @@ from time import perf_counter
 from typing import Any
 
 from ._engine.flagset import FlagSet
+from ._errors import missing_extra
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
 from ._propagation.policy import Propagation
 from ._request.flags import _current
@@ -33,8 +34,8 @@ from ._telemetry import Telemetry
 
 try:
     from starlette.requests import Request
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError("flagwire.asgi needs Starlette: pip install 'flagwire[fastapi]'") from exc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.asgi", "Starlette", "fastapi") from exc
 
 __all__ = ["FlagwireMiddleware"]
 

@@ -168,29 +168,23 @@ def find_user(request: Any) -> Any:
     if environ is not None:
         candidate = environ.get("flagwire.user")
         return candidate if _authenticated(candidate) else None
-    if hasattr(request, "environ"):  # Flask / Werkzeug
-        return _flask_user()
-    return None
-
-
-def _flask_user() -> Any:
-    try:
-        from flask_login import current_user
-
-        candidate = current_user._get_current_object()
+    for lookup in _user_lookups:  # a framework adapter's (Flask-Login, Django, ...)
+        candidate = lookup(request)
         if _authenticated(candidate):
             return candidate
-    except Exception:  # flask-login absent, or no login manager on this app
-        pass
-    try:
-        from flask import g, has_app_context
-
-        if has_app_context():
-            candidate = g.get("user")
-            return candidate if _authenticated(candidate) else None
-    except ImportError:
-        pass
     return None
+
+
+_user_lookups: tuple[Callable[[Any], Any], ...] = ()
+
+
+def add_user_lookup(lookup: Callable[[Any], Any]) -> None:
+    """Another place :func:`find_user` looks: ``lookup(request)`` gives the request's user
+    or ``None``. Framework adapters register theirs when imported (``flagwire.flask``
+    looks at Flask-Login's ``current_user`` and ``g.user``)."""
+    global _user_lookups
+    if lookup not in _user_lookups:
+        _user_lookups = (*_user_lookups, lookup)
 
 
 def _attribute(obj: Any, name: str) -> Any:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from ._errors import missing_extra
 from ._request.flags import RequestFlags, current_flags
 from .asgi import FlagwireMiddleware
 
 try:
     from fastapi import Depends, Request
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError("flagwire.fastapi needs FastAPI: pip install 'flagwire[fastapi]'") from exc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.fastapi", "FastAPI", "fastapi") from exc
 
 __all__ = ["Flags", "FlagwireMiddleware", "get_flags"]
 

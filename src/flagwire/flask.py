@@ -30,14 +30,14 @@ from time import perf_counter
 from typing import Any
 
 from ._engine.flagset import FlagSet
-from ._errors import ConfigError
+from ._errors import ConfigError, missing_extra
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
 from ._propagation.policy import Propagation
 from ._request.flags import RequestFlags, _current, add_resolver, current_flags
 from ._sources.base import Source
 from ._sources.file import FileSource
 from ._telemetry import Telemetry
-from .context import reads_environ
+from .context import add_user_lookup, reads_environ
 from .wsgi import ENVIRON_KEY, STARTED_KEY, StartResponse, WSGIApp
 
 try:
@@ -46,12 +46,14 @@ try:
         Response,
         after_this_request,
         current_app,
+        g,
+        has_app_context,
         has_request_context,
         request,
     )
     from werkzeug.local import LocalProxy
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError("flagwire.flask needs Flask: pip install 'flagwire[flask]'") from exc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.flask", "Flask", "flask") from exc
 
 __all__ = ["Flagwire", "flags"]
 
@@ -270,3 +272,25 @@ add_resolver(_flags_of_flask_request)
 
 flags: RequestFlags = LocalProxy(current_flags)  # type: ignore[assignment]
 """The current request's flags (a proxy to :func:`flagwire.current_flags`)."""
+
+
+def _flask_user(request: Any) -> Any:
+    if not hasattr(request, "environ"):  # not a Werkzeug request
+        return None
+    try:
+        from flask_login import current_user
+
+        candidate = current_user._get_current_object()
+        if getattr(candidate, "is_authenticated", False):
+            return candidate
+    except Exception:  # flask-login absent, or no login manager on this app
+        pass
+    try:
+        if has_app_context():
+            return g.get("user")
+    except RuntimeError:  # outside an application context
+        pass
+    return None
+
+
+add_user_lookup(_flask_user)

@@ -17,12 +17,13 @@ app's own ``baggage`` members always pass.
 
 from __future__ import annotations
 
+from ._errors import missing_extra
 from .propagation import outbound_baggage
 
 try:
     import httpx
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError("flagwire.httpx needs httpx: pip install httpx") from exc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.httpx", "httpx", "demo") from exc
 
 __all__ = ["AsyncFlagwireTransport", "FlagwireTransport", "async_request_hook", "request_hook"]
 

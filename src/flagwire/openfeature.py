@@ -1,4 +1,4 @@
-"""flagwire and OpenFeature, both ways (needs ``pip install 'flagwire[openfeature]'``).
+"""flagwire and OpenFeature, both ways (the ``openfeature`` extra).
 
 :class:`FlagwireProvider` makes flagwire an OpenFeature provider: code written against
 the OpenFeature API gets, inside a request, the request's own assignments — pinned,
@@ -31,11 +31,17 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from openfeature.evaluation_context import EvaluationContext
-from openfeature.exception import ErrorCode as OFErrorCode
-from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
-from openfeature.flag_evaluation import Reason as OFReason
-from openfeature.provider import AbstractProvider, Metadata
+from ._errors import missing_extra
+
+try:
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.exception import ErrorCode as OFErrorCode
+    from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
+    from openfeature.flag_evaluation import Reason as OFReason
+    from openfeature.provider import AbstractProvider, Metadata
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.openfeature", "the OpenFeature SDK", "openfeature") from exc
+
 
 from ._engine.assignment import Assignment, ErrorCode, FlagType, Reason
 from ._engine.flagset import FlagSet

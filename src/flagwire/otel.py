@@ -26,6 +26,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._errors import missing_extra
 from .propagation import outbound_baggage
 
 try:
@@ -45,8 +46,8 @@ try:
     )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError("flagwire.otel needs OpenTelemetry: pip install 'flagwire[otel]'") from exc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.otel", "OpenTelemetry", "otel") from exc
 
 __all__ = [
     "EVENT_NAME",

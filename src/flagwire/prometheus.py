@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._errors import missing_extra
 from ._sources.base import Source
 from ._telemetry import RequestRecord, bounded, expiries, status_class, variant_label
 
@@ -44,10 +45,8 @@ try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import Collector
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError(
-        "flagwire.prometheus needs prometheus_client: pip install 'flagwire[prometheus]'"
-    ) from exc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.prometheus", "prometheus_client", "prometheus") from exc
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusTelemetry", "SourceCollector"]
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._errors import missing_extra
 from .propagation import outbound_baggage
 
 try:
     import requests
     from requests.adapters import HTTPAdapter
-except ImportError as exc:  # pragma: no cover - exercised without the extra
-    raise ImportError("flagwire.requests needs requests: pip install requests") from exc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise missing_extra(exc, "flagwire.requests", "requests", "requests") from exc
 
 __all__ = ["FlagwireAdapter", "install"]
 
