@@ -8,6 +8,8 @@ hygiene, say what a change does.
     flagwire audit FILE... [--today DATE] [--require owner,expires] [--expiring-within DAYS]
                    [--json]
     flagwire diff OLD NEW [--sample N] [--json]
+    flagwire init [PATH] [--force]
+    flagwire --version
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from typing import Any
 
+from flagwire import __version__
 from flagwire._engine.assignment import FlagType
 from flagwire._engine.flagset import FlagSet
 from flagwire._errors import FlagsetError
 
 from . import audit as _audit
 from . import diff as _diff
+from . import init as _init
 
 __all__ = ["main"]
 
@@ -197,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagwire", description="Check and explain flagd flag-definition files."
     )
+    parser.add_argument("--version", action="version", version=f"flagwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser(
         "validate", help="validate flag files; exit 1 if any has a problem (one line each)"
@@ -257,7 +262,19 @@ def _parser() -> argparse.ArgumentParser:
         help=f"synthetic users user-0..N-1 to evaluate (default {_diff.DEFAULT_SAMPLE})",
     )
     diff.add_argument("--json", action="store_true", help="print one JSON object")
+    init = sub.add_parser("init", help="write a starter flag file (owner, expiry, a rollout)")
+    init.add_argument("path", nargs="?", default=_init.DEFAULT_PATH, metavar="PATH")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
     return parser
+
+
+def _init_cmd(args: argparse.Namespace) -> int:
+    try:
+        print(_init.write_starter(args.path, force=args.force))
+    except OSError as exc:
+        print(f"flagwire init: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit_cmd(args)
     if args.command == "diff":
         return _diff_cmd(args)
+    if args.command == "init":
+        return _init_cmd(args)
     return _explain(args)
 
 
