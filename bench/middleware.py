@@ -29,7 +29,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from werkzeug.test import EnvironBuilder
 
-from flagwire import FlagSet, RequestFlags, context, current_flags
+from flagwire import FlagSet, context, current_flags
 from flagwire.asgi import FlagwireMiddleware as AsgiMiddleware
 from flagwire.flask import Flagwire
 
@@ -215,8 +215,6 @@ def main() -> int:
         "flask + flagwire, 10 flags": (wsgi_round, flask_app(TEN)),
     }
     best = measure(variants, args.requests, args.rounds)
-    core = RequestFlags.__mro__[1]
-    print(f"request core: {core.__module__}.{core.__qualname__}")
     print(f"{'variant':34} {'us/request':>11} {'x bare':>8}")
     for name, seconds in best.items():
         base = best["starlette bare" if name.startswith("starlette") else "flask bare"]
