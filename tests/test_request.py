@@ -654,3 +654,23 @@ def test_a_rule_error_is_logged_and_a_disabled_flag_is_not(
     assert len(caplog.records) == 1, caplog.text
     assert '"divides"' in caplog.records[0].getMessage()
     assert flags.details("divides", "d").error_code is not None
+
+
+@pytest.mark.parametrize("default", [None, False, True, 0, 1, 0.5, "", "x", {}, [], {"a": 1}])
+def test_get_gives_what_details_gives_for_every_default_and_variant_type(default: object) -> None:
+    values = {"b": True, "i": 3, "f": 2.5, "s": "on", "o": {"k": 1}, "l": [1, 2]}
+    flagset = FlagSet.from_mapping(
+        {
+            "flags": {
+                key: {"state": "ENABLED", "variants": {"v": value}, "defaultVariant": "v"}
+                for key, value in values.items()
+            }
+            | {"off": {"state": "DISABLED", "variants": {"v": 1}, "defaultVariant": "v"}}
+        }
+    )
+    for key in [*values, "off", "missing"]:
+        fast, slow = RequestFlags(flagset, {}), RequestFlags(flagset, {})
+        first = fast.get(key, default)
+        assert first == slow.details(key, default).value, key
+        assert type(first) is type(slow.details(key, default).value), key
+        assert fast.get(key, default) == first  # the memo hit agrees with the first call

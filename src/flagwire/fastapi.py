@@ -30,12 +30,17 @@ __all__ = ["Flags", "FlagwireMiddleware", "get_flags"]
 
 
 def get_flags(request: Request) -> RequestFlags:
-    """The request's flags (a FastAPI dependency): :func:`flagwire.current_flags`.
-
-    The ``request`` parameter ties the dependency to a request, so FastAPI evaluates it
-    per request."""
+    """The request's flags: :func:`flagwire.current_flags` (callable from sync and async
+    code alike)."""
     return current_flags()
 
 
-Flags = Annotated[RequestFlags, Depends(get_flags)]
+async def _flags_dependency(request: Request) -> RequestFlags:
+    # ``async`` so that FastAPI calls it in the request's own task: a plain ``def``
+    # dependency costs every request a hop through the thread pool. ``request`` ties the
+    # dependency to a request, so FastAPI evaluates it per request.
+    return current_flags()
+
+
+Flags = Annotated[RequestFlags, Depends(_flags_dependency)]
 """Annotate a path-operation parameter with this to receive the request's flags."""

@@ -47,31 +47,41 @@ class _Getter(Protocol[T]):
     def __call__(self, key: str, default: T = ...) -> T: ...
 
 
-def _typed_getter(types: tuple[type, ...], flag_type: FlagType, default: Any, doc: str) -> Any:
-    """One typed getter of :class:`RequestFlags`: memo, decider, type test.
+# Every getter is this body: memo, then the flag set's decider, then one test of the value.
+# The fast path: ``_deciders`` is the flag set's key -> decide(context) only once the
+# context is built and when no upstream assignment can apply; until then it is empty, and
+# every flag goes through ``_decide``. A decision without a variant has value None, so one
+# test covers "no variant" and "another type" alike; the rest goes to the slow path. The
+# getters differ only in that test, so they are made from one source, not written out five
+# times (a shared helper would cost a call per flag).
+_GETTER = """\
+def getter(self, key, default=_default):
+    decision = self._memo.get(key)
+    if decision is None:
+        decide = self._deciders.get(key)
+        decision = (
+            self._decide(key)
+            if decide is None
+            else self._memo.setdefault(key, decide(self._context))
+        )
+    value = decision.value
+    if {accept}:
+        return value
+    return self._slow(key, decision, default, _flag_type)
+"""
 
-    The fast path: ``_deciders`` is the flag set's key -> decide(context) only once the
-    context is built and when no upstream assignment can apply; until then it is empty,
-    and every flag goes through ``_decide``. A decision without a variant has value None,
-    so one type test covers "no variant" and "another type" alike.
-    """
 
-    def getter(self: RequestFlags, key: str, default: Any = default) -> Any:
-        decision = self._memo.get(key)
-        if decision is None:
-            decide = self._deciders.get(key)
-            decision = (
-                self._decide(key)
-                if decide is None
-                else self._memo.setdefault(key, decide(self._context))  # type: ignore[arg-type]
-            )
-        value = decision.value
-        if type(value) in types:
-            return value
-        return self._mismatch(key, decision, default, flag_type)
-
+def _getter(accept: str, flag_type: FlagType | None, default: Any, doc: str, **names: Any) -> Any:
+    """A getter of :class:`RequestFlags` whose value passes when ``accept`` is true."""
+    namespace: dict[str, Any] = {"_default": default, "_flag_type": flag_type, **names}
+    exec(compile(_GETTER.format(accept=accept), "<flagwire getter>", "exec"), namespace)
+    getter = namespace["getter"]
     getter.__doc__ = doc
     return getter
+
+
+def _typed_getter(types: tuple[type, ...], flag_type: FlagType, default: Any, doc: str) -> Any:
+    return _getter("type(value) in _types", flag_type, default, doc, _types=types)
 
 
 class RequestFlags:
@@ -190,7 +200,7 @@ class RequestFlags:
     integer: _Getter[int] = _typed_getter(
         (int,), FlagType.INTEGER, 0, "The flag's value if it is an integer, else ``default``."
     )
-    # An integral variant of a number flag takes _mismatch, which converts it.
+    # An integral variant of a number flag takes the slow path, which converts it.
     number: _Getter[float] = _typed_getter(
         (float,),
         FlagType.FLOAT,
@@ -223,9 +233,12 @@ class RequestFlags:
             self._log_problem(key, fitted)
         return fitted
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The flag's value, or ``default`` when no variant applies or the type differs."""
-        return self.details(key, default).value
+    get: _Getter[Any] = _getter(
+        "value is not None and (default is None or type(value) is type(default))",
+        None,
+        None,
+        "The flag's value, or ``default`` when no variant applies or the type differs.",
+    )
 
     def _note(self, key: str, served: Assignment) -> None:
         """Remember that this request got ``served`` (its default, on a type mismatch)
@@ -234,9 +247,13 @@ class RequestFlags:
             self._served = {}
         self._served[key] = served
 
-    def _mismatch(self, key: str, decision: Assignment, default: Any, flag_type: FlagType) -> Any:
+    def _slow(
+        self, key: str, decision: Assignment, default: Any, flag_type: FlagType | None
+    ) -> Any:
         # The getters' slow path: no variant (disabled, no default variant, an error), a
         # variant of another type than asked for, or an integer asked for as a float.
+        if flag_type is None:  # get(): the type of the default decides
+            return self.details(key, default).value
         if flag_type is FlagType.FLOAT and type(decision.value) is int:
             return float(decision.value)
         if decision.variant is not None:
