@@ -917,7 +917,6 @@ def test_a_request_in_flight_keeps_its_flag_set_while_another_sees_the_new_one(
 
 def test_the_flags_dependency_costs_no_thread_pool_hop() -> None:
     import inspect
-
     from typing import get_args
 
     # FastAPI runs a plain ``def`` dependency in the thread pool, an ``async def`` in the
