@@ -923,3 +923,55 @@ def test_the_flags_dependency_costs_no_thread_pool_hop() -> None:
     # request's task.
     (depends,) = get_args(Flags)[1:]
     assert inspect.iscoroutinefunction(depends.dependency)
+
+
+def test_a_plain_extractor_gets_a_starlette_request_whose_headers_agree_with_starlettes() -> None:
+    from starlette.datastructures import Headers
+
+    from flagwire.asgi import ExtractorRequest
+
+    raw = [(b"x-user-id", b"u1"), (b"x-dup", b"first"), (b"x-dup", b"second"), (b"cookie", b"a=1")]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/p",
+        "query_string": b"q=2",
+        "headers": raw,
+        "server": ("h", 80),
+        "scheme": "http",
+        "root_path": "",
+    }
+    request = ExtractorRequest(scope)
+    reference = Headers(raw=list(raw))
+
+    assert isinstance(request, Request)
+    for name in ("x-user-id", "X-User-Id", "x-dup", "missing"):
+        assert request.headers.get(name) == reference.get(name)
+        assert (name in request.headers) == (name in reference)
+    assert request.headers.get("missing", "d") == "d"
+    assert request.headers["X-DUP"] == "first"
+    with pytest.raises(KeyError):
+        request.headers["missing"]
+    assert request.headers.getlist("x-dup") == ["first", "second"]
+    assert dict(request.headers) == dict(reference)
+    assert request.cookies == {"a": "1"}
+    assert request.query_params["q"] == "2"
+    assert request.url.path == "/p"
+    assert request.headers is request.headers  # built once per request
+
+
+def test_a_plain_function_extractor_reads_headers_through_the_middleware() -> None:
+    seen: list[Any] = []
+
+    def extract(request: Any) -> dict[str, Any]:
+        seen.append(type(request))
+        return {"targetingKey": request.headers.get("X-User-Id"), "plan": request.headers["x-plan"]}
+
+    async def endpoint(request: Request) -> JSONResponse:
+        flags = current_flags()
+        return JSONResponse(dict(flags.context))
+
+    app = make_app(Route("/", endpoint), source=FlagSet.empty(), context=extract)
+    body = get(app, "/", headers={"x-user-id": "u9", "x-plan": "pro"}).json()
+    assert body == {"targetingKey": "u9", "plan": "pro"}
+    assert seen and issubclass(seen[0], Request)

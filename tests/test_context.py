@@ -51,6 +51,10 @@ def _scope(
 
 @pytest.fixture
 def flask_app() -> flask.Flask:
+    # Extractors get a Flask request only through flagwire.flask, whose import registers
+    # where user() finds Flask-Login's and g's user.
+    import flagwire.flask  # noqa: F401
+
     app = flask.Flask("test_context")
     app.secret_key = "not-a-secret"
     return app

@@ -33,6 +33,7 @@ from ._sources.base import Source
 from ._telemetry import Telemetry
 
 try:
+    from starlette.datastructures import Headers
     from starlette.requests import Request
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.asgi", "Starlette", "fastapi") from exc
@@ -44,6 +45,51 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _IndexedHeaders(Headers):
+    """Starlette's ``Headers``, with the lookups extractors make answered from a dict
+    built on the first one (Starlette's scan the raw list and re-encode the name per
+    lookup; an extractor makes several)."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._list = raw
+        self._index: dict[str, str] | None = None
+
+    def _indexed(self) -> dict[str, str]:
+        # ASGI header names are lower-case; reversed, so that the first of a repeated
+        # header wins, as in Starlette's own lookup.
+        index = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(self._list)}
+        self._index = index
+        return index
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return (self._index or self._indexed()).get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return (self._index or self._indexed())[key.lower()]
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in (self._index or self._indexed())
+
+
+class ExtractorRequest(Request):
+    """The Starlette ``Request`` a plain-function extractor receives.
+
+    A ``Request`` in every way, built from the scope alone, whose ``headers`` answer
+    ``get``, ``[]`` and ``in`` from a dict made once per request.
+    """
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope)
+
+    @property
+    def headers(self) -> Headers:
+        headers: Headers | None = self.__dict__.get("_headers")
+        if headers is None:
+            raw = self.scope["headers"]
+            headers = self._headers = _IndexedHeaders(raw if type(raw) is list else list(raw))
+        return headers
 
 
 class FlagwireMiddleware:
@@ -89,7 +135,7 @@ class FlagwireMiddleware:
             telemetry=telemetry,
         )
         if not binding.reads_raw:  # user extractors get a Starlette Request
-            binding.adapt = Request
+            binding.adapt = ExtractorRequest
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -153,8 +153,9 @@ def find_user(request: Any) -> Any:
     """The authenticated user object the app already attached to the request, if any.
 
     Looks at, in order: Starlette's ``scope["user"]`` (AuthenticationMiddleware),
-    ``request.state.user``; Flask-Login's ``current_user``, Flask's ``g.user``; the WSGI
-    environ's ``flagwire.user``.
+    ``request.state.user``; the WSGI environ's ``flagwire.user``; then where framework
+    adapters registered with :func:`add_user_lookup` (with :mod:`flagwire.flask`:
+    Flask-Login's ``current_user``, then Flask's ``g.user``).
     """
     scope = _asgi_scope(request)
     if scope is not None:  # Starlette / FastAPI
