@@ -10,8 +10,15 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
-from collections.abc import Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 from ._engine.flagset import FlagSet
