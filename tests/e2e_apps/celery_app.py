@@ -52,13 +52,31 @@ class FileTelemetry:
 
 
 _flags_file = os.environ.get("FLAGWIRE_FLAGS")
+_spans_file = os.environ.get("SPANS_FILE")
 if _flags_file:
     records = os.environ.get("FLAGWIRE_RECORDS")
-    flagwire.celery.setup(
-        app,
-        source=flagwire.FileSource(_flags_file),
-        telemetry=[FileTelemetry(records)] if records else [],
-    )
+    telemetry: list[Any] = [FileTelemetry(records)] if records else []
+    if _spans_file:
+        from flagwire.otel import OTelTelemetry
+
+        telemetry.append(OTelTelemetry())
+    flagwire.celery.setup(app, source=flagwire.FileSource(_flags_file), telemetry=telemetry)
+
+if _spans_file:
+    from celery.signals import worker_process_init
+
+    @worker_process_init.connect(weak=False)
+    def _instrument(**_: Any) -> None:
+        """OpenTelemetry's Celery instrumentation in each pool child (its spans get the
+        flag events; flagwire's receivers were connected first, so they run inside)."""
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from spans import JsonLinesExporter
+
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(_spans_file)))
+        CeleryInstrumentor().instrument(tracer_provider=provider)
 
 
 def decisions() -> dict[str, Any]:
@@ -85,6 +103,20 @@ def decide() -> dict[str, Any]:
 def fail() -> None:
     flagwire.current_flags().boolean("rollout", False)
     raise RuntimeError("task failed on purpose")
+
+
+@app.task(name="e2e.journey")
+def journey() -> dict[str, Any]:
+    """Decides, then calls the Django service (``$DJANGO_URL/hop``) with flagwire's httpx
+    transport, which sends this task's flags on."""
+    import httpx
+
+    from flagwire.httpx import FlagwireTransport
+
+    first = decisions()
+    with httpx.Client(transport=FlagwireTransport(), trust_env=False, timeout=10) as http:
+        answer = http.get(f"{os.environ['DJANGO_URL']}/hop")
+    return {**first, "django": answer.json() if answer.status_code == 200 else answer.text}
 
 
 @app.task(name="e2e.chain")

@@ -36,7 +36,13 @@ if not settings.configured:
         MIDDLEWARE=[f"{__name__}.HeaderUserMiddleware", "flagwire.django.FlagwireMiddleware"],
         TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates"}],
         FLAGWIRE=(
-            {"FLAGS_FILE": flags_file, "USER_ATTRIBUTES": {"plan": "plan"}}
+            {
+                "FLAGS_FILE": flags_file,
+                "USER_ATTRIBUTES": {"plan": "plan"},
+                "TELEMETRY": ["flagwire.otel.OTelTelemetry"]
+                if os.environ.get("SPANS_FILE")
+                else [],
+            }
             if flags_file
             else {"SOURCE": flagwire.FlagSet.empty(source="unset")}
         ),

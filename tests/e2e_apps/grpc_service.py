@@ -3,8 +3,8 @@ gRPC (no generated code): ``/flagwire.e2e.Hop/{Decide,Stream,Fail,Crash,Enqueue}
 
 ``Decide`` answers with the call's decisions; ``Stream`` with them three times;
 ``Fail`` reads a flag then aborts ``NOT_FOUND``; ``Crash`` raises; ``Enqueue`` publishes
-Celery task ``e2e.decide`` (``tests/e2e_apps/celery_app.py``) and answers with its
-decisions and the task id. Run as a program (``python grpc_service.py``) it serves on
+Celery task ``e2e.decide`` (``tests/e2e_apps/celery_app.py``; ``{"task": name}`` picks
+another) and answers with its decisions and the task id. Run as a program it serves on
 ``$GRPC_PORT`` with ``$FLAGWIRE_FLAGS``, spans exported as JSON lines to ``$SPANS_FILE``.
 """
 
@@ -68,7 +68,7 @@ def crash(request: Any, context: grpc.ServicerContext) -> None:
 def enqueue(request: Any, context: grpc.ServicerContext) -> dict[str, Any]:
     import celery_app
 
-    task = celery_app.app.send_task("e2e.decide")
+    task = celery_app.app.send_task((request or {}).get("task", "e2e.decide"))
     return {**decisions(context), "task": task.id}
 
 
