@@ -177,8 +177,13 @@ def test_route_label_is_the_url_pattern(recorder: Recorder) -> None:
     Client().get("/users/17/", headers={"x-user-id": "u"})
     Client().get("/no/such/page", headers={"x-user-id": "u"})
     Client().post("/users/18/", headers={"x-user-id": "u"})
+    Client().generic("BREW", "/users/19/", headers={"x-user-id": "u"})
     routes = [(r.method, r.route, r.status) for r in recorder.records]
-    assert routes == [("GET", "users/<int:pk>/", 200), ("POST", "users/<int:pk>/", 200)]
+    assert routes == [
+        ("GET", "users/<int:pk>/", 200),
+        ("POST", "users/<int:pk>/", 200),
+        ("_OTHER", "users/<int:pk>/", 200),  # methods are bounded too
+    ]
     assert list(recorder.records[0].decisions) == ["rollout"]
 
 

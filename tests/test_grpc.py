@@ -112,6 +112,9 @@ def test_telemetry_names_the_method_and_status(sync_server: str, recorder: Recor
     with pytest.raises(grpc.RpcError) as crashed:
         call(sync_server, "Crash", [("x-user-id", "u1")])
     assert crashed.value.code() == grpc.StatusCode.UNKNOWN
+    with pytest.raises(grpc.RpcError) as unknown:
+        call(sync_server, "NoSuchMethod", [("x-user-id", "u1")])  # any name a client likes
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
     seen = [(r.method, r.route, r.status) for r in recorder.records]
     assert seen == [
         ("GRPC", f"/{SERVICE}/Decide", 200),
