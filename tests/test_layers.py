@@ -35,6 +35,14 @@ DOCUMENTED = {
     "flagwire.wsgi": ["FlagwireMiddleware"],
     "flagwire.flask": ["Flagwire", "flags"],
     "flagwire.fastapi": ["Flags", "FlagwireMiddleware"],
+    "flagwire.django": ["FlagwireMiddleware"],
+    "flagwire.celery": ["setup"],
+    "flagwire.grpc": [
+        "AioServerInterceptor",
+        "ClientInterceptor",
+        "ServerInterceptor",
+        "aio_client_interceptors",
+    ],
     "flagwire.httpx": ["AsyncFlagwireTransport", "FlagwireTransport"],
     "flagwire.requests": ["install"],
     "flagwire.otel": [

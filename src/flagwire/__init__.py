@@ -33,8 +33,11 @@ __version__ = "0.1.0"
 _SUBMODULES = frozenset(
     {
         "asgi",
+        "celery",
+        "django",
         "fastapi",
         "flask",
+        "grpc",
         "httpx",
         "openfeature",
         "otel",

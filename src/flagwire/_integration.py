@@ -1,7 +1,8 @@
-"""What every web integration shares: a :class:`Binding` of source, context and cookie.
+"""What every integration shares: a :class:`Binding` of source, context and cookie.
 
-Framework-free: the ASGI middleware, the WSGI middleware and the Flask extension each
-hold one binding and create a :class:`BoundRequestFlags` per request.
+Framework-free: the ASGI, WSGI, Django and gRPC middleware, the Flask extension and the
+Celery worker hooks each hold one binding and create a :class:`BoundRequestFlags` per
+request (or task, or call).
 """
 
 from __future__ import annotations
@@ -9,27 +10,45 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, TypeVar
 
 from ._engine.flagset import FlagSet
 from ._propagation.baggage import PREFIX
 from ._propagation.policy import Propagation, default_propagation
-from ._request.flags import _NOT_YET, RequestFlags, default_source, set_default_source
+from ._request.flags import (
+    _NOT_YET,
+    RequestFlags,
+    _current,
+    default_source,
+    set_default_source,
+)
 from ._sources.base import Source, as_source
 from ._telemetry import RequestRecord, Telemetry, record_all
 from .context import Extractor, compose, header, reads_raw, request_cookies, user
 
-__all__ = ["Binding", "BoundRequestFlags", "ContextSpec"]
+__all__ = ["Binding", "BoundRequestFlags", "ContextSpec", "aiterate_with", "iterate_with"]
+
+T = TypeVar("T")
 
 ContextSpec = Extractor | Sequence[Extractor] | None
 """An extractor, several (composed in order), or None for the default (:func:`user`)."""
 
 logger = logging.getLogger("flagwire")
 
-# Method labels are bounded: a client can send any method it likes.
+# Method labels are bounded: a client can send any method it likes. TASK and GRPC are
+# the method labels of Celery tasks and gRPC calls.
 _METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+    | {"TASK", "GRPC"}
 )
 _VALID_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 DEFAULT_COOKIE = "flagwire_id"
@@ -204,3 +223,64 @@ class BoundRequestFlags(RequestFlags):
         new = secrets.token_urlsafe(16)  # none yet, or tampered with: sent back to the client
         context["targetingKey"] = new
         return context, new
+
+
+def iterate_with(
+    flags: RequestFlags,
+    iterable: Iterable[T],
+    on_end: Callable[[BaseException | None], None] | None = None,
+) -> Iterator[T]:
+    """``iterable``'s items, each produced with ``flags`` current (a streamed response).
+
+    The flags are current around each step only, never left set between steps, so a
+    consumer that stops early leaks nothing. ``on_end`` gets the exception that ended the
+    iteration, if any, once it ends (or is closed).
+    """
+    iterator: Iterator[T] | None = None
+    failure: BaseException | None = None
+    try:
+        while True:
+            token = _current.set(flags)
+            try:
+                if iterator is None:
+                    iterator = iter(iterable)
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                _current.reset(token)
+            yield item
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        if on_end is not None:
+            on_end(failure)
+
+
+async def aiterate_with(
+    flags: RequestFlags,
+    iterable: AsyncIterable[T],
+    on_end: Callable[[BaseException | None], None] | None = None,
+) -> AsyncIterator[T]:
+    """:func:`iterate_with` for an async iterable."""
+    iterator: AsyncIterator[T] | None = None
+    failure: BaseException | None = None
+    try:
+        while True:
+            token = _current.set(flags)
+            try:
+                if iterator is None:
+                    iterator = aiter(iterable)
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            finally:
+                _current.reset(token)
+            yield item
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        if on_end is not None:
+            on_end(failure)

@@ -111,6 +111,8 @@ def request_cookies(request: Any) -> Mapping[str, str]:
     if environ is not None:
         return _parse_cookie_header(environ.get("HTTP_COOKIE"))
     jar = getattr(request, "cookies", None)
+    if jar is None:
+        jar = getattr(request, "COOKIES", None)  # Django
     return jar if jar is not None else {}
 
 
@@ -127,6 +129,8 @@ def _query(request: Any) -> Mapping[str, Any]:
     if environ is not None:
         return _first_values(environ.get("QUERY_STRING", ""))
     params = getattr(request, "args", None)  # Werkzeug
+    if params is None:
+        params = getattr(request, "GET", None)  # Django
     return params if params is not None else {}
 
 
@@ -139,6 +143,9 @@ def client_address(request: Any) -> str | None:
     environ = _environ(request)
     if environ is not None:
         return environ.get("REMOTE_ADDR")
+    meta = getattr(request, "META", None)  # Django
+    if isinstance(meta, dict):
+        return meta.get("REMOTE_ADDR")
     return getattr(request, "remote_addr", None)  # Werkzeug
 
 

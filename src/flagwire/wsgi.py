@@ -19,7 +19,14 @@ from types import TracebackType
 from typing import Any
 
 from ._engine.flagset import FlagSet
-from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
+from ._integration import (
+    DEFAULT_COOKIE,
+    ONE_YEAR,
+    Binding,
+    BoundRequestFlags,
+    ContextSpec,
+    iterate_with,
+)
 from ._propagation.policy import Propagation
 from ._request.flags import RequestFlags, _current
 from ._sources.base import Source
@@ -189,19 +196,7 @@ class _FlagsBody:
         self._on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
-        flags = self._flags
-        iterator = None
-        while True:
-            token = _current.set(flags)
-            try:
-                if iterator is None:
-                    iterator = iter(self._body)
-                chunk = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                _current.reset(token)
-            yield chunk
+        return iterate_with(self._flags, self._body)
 
     def close(self) -> None:
         if self._closed:
