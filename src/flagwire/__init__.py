@@ -6,6 +6,9 @@ The core (this package's top level) imports no web framework. Integrations live 
 
 from __future__ import annotations
 
+import importlib as _importlib
+import typing as _typing
+
 from . import context
 from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
 from ._engine.definitions import FlagDefinition
@@ -22,6 +25,9 @@ from ._request.flags import (
 from ._sources.base import Source, SourceStatus, StaticSource
 from ._sources.file import FileSource
 from ._sources.http import HttpSource
+
+if _typing.TYPE_CHECKING:
+    from ._sources.redis import RedisSource
 
 __version__ = "0.1.0"
 
@@ -40,6 +46,7 @@ __all__ = [
     "KeyRing",
     "Propagation",
     "Reason",
+    "RedisSource",
     "RequestFlags",
     "Source",
     "SourceError",
@@ -53,3 +60,14 @@ __all__ = [
     "set_default_propagation",
     "set_default_source",
 ]
+
+
+_LAZY = {"RedisSource": "._sources.redis"}
+"""Exported names whose modules need an extra: imported on first use, never by
+``import flagwire``."""
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(_importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'flagwire' has no attribute {name!r}")

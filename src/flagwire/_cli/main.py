@@ -26,6 +26,7 @@ from flagwire._engine.flagset import FlagSet
 from flagwire._errors import FlagsetError
 
 from . import audit as _audit
+from . import control as _control
 from . import diff as _diff
 
 __all__ = ["main"]
@@ -257,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"synthetic users user-0..N-1 to evaluate (default {_diff.DEFAULT_SAMPLE})",
     )
     diff.add_argument("--json", action="store_true", help="print one JSON object")
+    _control.add_parsers(sub, _count, _require)
     return parser
 
 
@@ -269,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit_cmd(args)
     if args.command == "diff":
         return _diff_cmd(args)
+    if args.command in _control.COMMANDS:
+        return _control.run(args)
     return _explain(args)
 
 
