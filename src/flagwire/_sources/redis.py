@@ -128,6 +128,7 @@ class RedisSource(PollingSource):
         self.reconnects = 0
         """How many times the subscription was re-established after a failure."""
 
+        self._redis()  # a bad URL raises here; no connection is made yet
         cache_problem = self._load_cache()
         first_error = self._refresh()
         if first_error is not None and len(self.flagset) == 0 and not self.from_cache:
