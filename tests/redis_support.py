@@ -66,10 +66,17 @@ class RedisServer:
             time.sleep(0.02)
         return False
 
-    def stop(self) -> None:
-        """Stop it (everything in it is lost: it keeps nothing on disk)."""
+    def stop(self, *, save: bool = False) -> None:
+        """Stop it. Everything in it is lost, unless ``save``: then it is written to
+        ``dump.rdb`` first and read back by the next :meth:`start` (a Redis with
+        persistence restarting)."""
         if self.process is None:
             return
+        if save:
+            import redis
+
+            with contextlib.suppress(redis.ConnectionError):
+                self.client().shutdown(save=True)
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
