@@ -19,7 +19,7 @@ HOST = "127.0.0.1"
 BINARY = shutil.which("redis-server")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
@@ -29,10 +29,11 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on ``port`` (kept across restarts)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, config: Path | None = None) -> None:
         assert BINARY is not None
         self.directory = directory
-        self.port = _free_port()
+        self.config = [] if config is None else [str(config)]
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,15 +45,16 @@ class RedisServer:
         for _ in range(3):
             log = (self.directory / f"redis-{self.port}.log").open("ab")
             self.process = subprocess.Popen(
-                [BINARY or "redis-server", "--port", str(self.port), "--bind", HOST,
-                 "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+                [BINARY or "redis-server", *self.config, "--port", str(self.port), "--bind", HOST,
+                 *([] if self.config else ["--save", "", "--appendonly", "no"]),
+                 "--dir", str(self.directory)],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             log.close()
             if self._wait_until_up():
                 return
             self.stop()
-            self.port = _free_port()  # someone took the port meanwhile
+            self.port = free_port()  # someone took the port meanwhile
         pytest.fail(f"redis-server did not start; see {self.directory}")
 
     def _wait_until_up(self) -> bool:
