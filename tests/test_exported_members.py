@@ -14,12 +14,15 @@ _PUBLIC_NAMES = """
 import __future__, json
 import flagwire
 included_private_members = ["__version__"]
-print(json.dumps(sorted(
-    name
-    for name, value in vars(flagwire).items()
-    if (not name.startswith("_") or name in included_private_members)
-    and value is not __future__.annotations  # from __future__ import annotations
-)))
+print(json.dumps(sorted([
+    *(
+        name
+        for name, value in vars(flagwire).items()
+        if (not name.startswith("_") or name in included_private_members)
+        and value is not __future__.annotations  # from __future__ import annotations
+    ),
+    *flagwire._LAZY,  # resolved on first use (module __getattr__)
+])))
 """
 
 

@@ -7,6 +7,7 @@ The core (this package's top level) imports no web framework. Integrations live 
 from __future__ import annotations
 
 import importlib as _importlib
+import typing as _typing
 
 from . import context
 from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
@@ -25,6 +26,9 @@ from ._request.flags import (
 from ._sources.base import Source, SourceStatus, StaticSource
 from ._sources.file import FileSource
 from ._sources.http import HttpSource
+
+if _typing.TYPE_CHECKING:
+    from ._sources.redis import RedisSource
 
 __version__ = "0.1.0"
 
@@ -49,9 +53,15 @@ _SUBMODULES = frozenset(
 )
 
 
+_LAZY = {"RedisSource": "._sources.redis"}
+"""Exported names whose modules need an extra: imported on first use."""
+
+
 def __getattr__(name: str) -> object:
     if name in _SUBMODULES:
         return _importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY:
+        return getattr(_importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -74,6 +84,7 @@ __all__ = [
     "KeyRing",
     "Propagation",
     "Reason",
+    "RedisSource",
     "RequestFlags",
     "Source",
     "SourceError",

@@ -29,6 +29,7 @@ from flagwire._engine.flagset import FlagSet
 from flagwire._errors import FlagsetError
 
 from . import audit as _audit
+from . import control as _control
 from . import diff as _diff
 from . import init as _init
 
@@ -265,6 +266,7 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write a starter flag file (owner, expiry, a rollout)")
     init.add_argument("path", nargs="?", default=_init.DEFAULT_PATH, metavar="PATH")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _control.add_parsers(sub, _count, _require)
     return parser
 
 
@@ -288,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _diff_cmd(args)
     if args.command == "init":
         return _init_cmd(args)
+    if args.command in _control.COMMANDS:
+        return _control.run(args)
     return _explain(args)
 
 

@@ -121,7 +121,18 @@ class SourceBase:
             except Exception:  # noqa: PERF203 - one listener must not stop the others
                 logger.exception("flagwire: a flag-set listener failed")
 
-    def _reject(self, error: Exception) -> None:
+    def _confirm(self) -> None:
+        """The source confirmed the flag set in force: a success, without a swap."""
+        with self._lock:
+            self._status = replace(
+                self._status,
+                ok=True,
+                last_good_load=_now(),
+                last_error=None,
+                last_error_time=None,
+            )
+
+    def _reject(self, error: Exception, *, log: bool = True) -> None:
         with self._lock:
             self._status = replace(
                 self._status,
@@ -131,6 +142,8 @@ class SourceBase:
                 failures=self._status.failures + 1,
             )
             version = self.flagset.version_label
+        if not log:
+            return
         logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
 
 

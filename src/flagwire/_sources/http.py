@@ -322,14 +322,7 @@ class HttpSource(PollingSource):
 
     def _confirm(self) -> None:
         """The server confirmed the flag set in force (a 304): a success, without a swap."""
-        with self._lock:
-            self._status = replace(
-                self._status,
-                ok=True,
-                last_good_load=_now(),
-                last_error=None,
-                last_error_time=None,
-            )
+        super()._confirm()
         self.from_cache = False
 
     # -- the on-disk cache -------------------------------------------------------------
