@@ -1,6 +1,6 @@
 """A real ``redis-server`` for the tests: a free loopback port, a temporary directory, no
 persistence; stoppable and restartable on the same port. Tests that need it skip, saying
-why, when the binary is not installed (``bash .ci/install-redis.sh``)."""
+why, when the binary is not installed (``bash .ci/install-services.sh``)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class RedisServer:
 
 def require_redis_server() -> None:
     if BINARY is None:
-        pytest.skip("redis-server is not installed (bash .ci/install-redis.sh installs it)")
+        pytest.skip("redis-server is not installed (bash .ci/install-services.sh installs it)")
 
 
 @contextlib.contextmanager

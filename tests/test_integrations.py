@@ -11,7 +11,7 @@ OpenTelemetry Collector config.
   (``tests/e2e_apps/metrics_fastapi.py``) with the shipped rules loaded; the dashboard's
   own queries and Prometheus' alerts must show the slow variant and the expired flag.
 
-promtool and prometheus come from ``.ci/install-prometheus.sh`` (``.ci/run`` calls it):
+promtool and prometheus come from ``.ci/install-services.sh`` (``.ci/run`` calls it):
 a missing binary fails these tests, it does not skip them.
 """
 
@@ -48,7 +48,7 @@ RULES = INTEGRATIONS / "prometheus" / "flagwire-rules.yml"
 COLLECTOR = INTEGRATIONS / "otel-collector" / "config.yaml"
 INSTALL_HINT = (
     "is not on PATH: .ci/run installs prometheus and promtool with "
-    "`bash .ci/install-prometheus.sh` (Debian's `prometheus` package); run it, then the tests"
+    "`bash .ci/install-services.sh` (Debian's `prometheus` package); run it, then the tests"
 )
 
 Json = dict[str, Any]
