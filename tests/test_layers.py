@@ -24,6 +24,7 @@ DOCUMENTED = {
         "HttpSource",
         "KeyRing",
         "Propagation",
+        "RedisSource",
         "RequestFlags",
         "StaticSource",
         "activate",
@@ -36,6 +37,14 @@ DOCUMENTED = {
     "flagwire.flask": ["Flagwire", "flags"],
     "flagwire.fastapi": ["Flags", "FlagwireMiddleware"],
     "flagwire.django": ["FlagwireMiddleware"],
+    "flagwire.control": [
+        "ConflictError",
+        "FlagStore",
+        "commit",
+        "kill",
+        "plan_publish",
+        "rollback",
+    ],
     "flagwire.celery": ["setup"],
     "flagwire.grpc": [
         "AioServerInterceptor",

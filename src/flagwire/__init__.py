@@ -13,7 +13,7 @@ from . import context
 from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
 from ._engine.definitions import FlagDefinition
 from ._engine.flagset import FlagSet
-from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
+from ._errors import ConfigError, ConflictError, FlagsetError, FlagwireError, SourceError
 from ._propagation.policy import Propagation, set_default_propagation
 from ._propagation.signing import KeyRing
 from ._request.flags import (
@@ -38,6 +38,7 @@ _SUBMODULES = frozenset(
     {
         "asgi",
         "celery",
+        "control",
         "django",
         "fastapi",
         "flask",
@@ -72,6 +73,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Assignment",
     "ConfigError",
+    "ConflictError",
     "ErrorCode",
     "EvaluationError",
     "FileSource",

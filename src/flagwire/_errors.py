@@ -5,6 +5,7 @@ The hierarchy::
     FlagwireError
     ├── FlagsetError (ValueError)   a flag-definition document is invalid
     ├── SourceError                 a source cannot produce a flag set
+    ├── ConflictError               a publish lost a compare-and-set race (nothing written)
     └── ConfigError (ValueError)    flagwire itself is misconfigured
 
 Evaluation never raises: problems during evaluation become an error code on the
@@ -71,6 +72,29 @@ class SourceError(FlagwireError):
 
 class ConfigError(FlagwireError, ValueError):
     """flagwire is configured wrongly (bad option, missing extra, ...)."""
+
+
+class ConflictError(FlagwireError):
+    """Someone else published between this publisher's read and its write.
+
+    Attributes:
+        key: The Redis key.
+        expected: The revision this publisher read (and diffed against).
+        actual: The revision in the store now.
+    """
+
+    def __init__(self, key: str, expected: int, actual: int) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"{self.key}: revision {self.actual} was published (or the key written) after "
+            f"this publisher read revision {self.expected}; nothing was written: run it again "
+            "to review the change against what is in force now"
+        )
 
 
 def missing_extra(exc: ImportError, module: str, what: str, extra: str) -> ImportError:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from flagwire._errors import FlagwireError, SourceError
+from flagwire._errors import ConflictError, SourceError
 from flagwire._sources.redis_client import RedisKeys, connect, display_redis_url, require_redis
 
 __all__ = ["ConflictError", "FlagStore", "HistoryEntry", "Stored"]
@@ -44,29 +44,6 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(entry))
 redis.call('PUBLISH', ARGV[4], tostring(revision))
 return {1, revision}
 """
-
-
-class ConflictError(FlagwireError):
-    """Someone else published between this publisher's read and its write.
-
-    Attributes:
-        key: The Redis key.
-        expected: The revision this publisher read (and diffed against).
-        actual: The revision in the store now.
-    """
-
-    def __init__(self, key: str, expected: int, actual: int) -> None:
-        self.key = key
-        self.expected = expected
-        self.actual = actual
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return (
-            f"{self.key}: revision {self.actual} was published (or the key written) after "
-            f"this publisher read revision {self.expected}; nothing was written: run it again "
-            "to review the change against what is in force now"
-        )
 
 
 @dataclass(frozen=True, slots=True)
