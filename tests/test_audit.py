@@ -12,8 +12,8 @@ import pytest
 
 from flagwire import FlagSet
 from flagwire._cli.audit import chosen_variants, fractional_shares, rule_outcomes
-from flagwire._engine.definitions import parse_document
 from flagwire._cli.main import main
+from flagwire._engine.definitions import parse_document
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"
 HYGIENE = str(FIXTURES / "hygiene.json")

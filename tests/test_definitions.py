@@ -417,14 +417,30 @@ def test_yaml_error_line_is_the_offending_line(write_file: WriteFile) -> None:
 
 
 def test_flags_that_is_not_an_object_is_rejected(write_file: WriteFile) -> None:
+    path = write_file("flags.json", {"flags": "on"})
+
+    with pytest.raises(FlagsetError) as info:
+        FlagSet.from_path(path)
+
+    assert "flags must be an object or an array, not a string" in str(info.value)
+    assert "flags.json" in str(info.value)
+    assert info.value.pointer == "flags"
+
+
+def test_a_flags_array_entry_without_a_key_is_rejected(write_file: WriteFile) -> None:
     path = write_file("flags.json", {"flags": [{"state": "ENABLED"}]})
 
     with pytest.raises(FlagsetError) as info:
         FlagSet.from_path(path)
 
-    assert "flags must be an object, not an array" in str(info.value)
-    assert "flags.json" in str(info.value)
-    assert info.value.pointer == "flags"
+    assert "needs a non-empty string key" in str(info.value)
+    assert info.value.pointer == "flags[0].key"
+
+
+def test_a_flag_defined_twice_in_a_flags_array_is_rejected() -> None:
+    flag = {"key": "a", "state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}
+    with pytest.raises(FlagsetError, match='flag "a" is defined twice'):
+        FlagSet.from_mapping({"flags": [flag, dict(flag)]})
 
 
 def test_a_document_that_is_not_an_object_is_rejected() -> None:

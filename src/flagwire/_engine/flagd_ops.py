@@ -91,7 +91,9 @@ def _parse_fraction(arg: Any) -> _Fraction | None:
     if len(arg) == 1:
         return _Fraction(arg[0], 1)
     weight = arg[1]
-    if type(weight) is not int:
+    if type(weight) is float and weight.is_integer():
+        weight = int(weight)  # flagd's Go evaluator reads every weight as a float64
+    elif type(weight) is not int:
         return None
     # A negative weight can come out of a rollout computation: flagd clamps it to 0.
     return _Fraction(arg[0], max(0, weight))
@@ -148,9 +150,10 @@ def fractional(shorthand: Callable[[], tuple[str, Any]], args: Sequence[Any], ve
     Returns:
         The chosen variant, or ``None`` where flagd gives null.
 
-    Raises:
-        TypeError: v2 only, for a targeting key that is not a string (as flagd's
-            reference evaluator; the evaluation then ends in ``GENERAL``).
+    A non-string targeting key gives ``None`` (the default variant), as in flagd's Go
+    evaluator. In ``v2`` a null bucketing value is skipped and the targeting key used
+    instead (Go: "parser should ignore nil/missing custom variables"); in ``v3`` it gives
+    ``None`` (flagd's ADR "fractional-non-string-rand-units").
     """
     if not args:
         return None
@@ -161,10 +164,10 @@ def fractional(shorthand: Callable[[], tuple[str, Any]], args: Sequence[Any], ve
             rest = args[1:]
         else:
             flag_key, targeting_key = shorthand()
-            if not targeting_key:
+            if not targeting_key or type(targeting_key) is not str:
                 return None
-            bucket_by = flag_key + targeting_key  # a non-string key raises, as in flagd
-            rest = args
+            bucket_by = flag_key + targeting_key
+            rest = args[1:] if first is None else args
         if not bucket_by:
             return None
         digest = _hash(bucket_by, signed=False)
