@@ -837,3 +837,65 @@ def test_explain_of_a_targeting_rule_that_is_not_an_object_reports_the_error() -
 
     assert not any("default variant applies" in what for _, what in steps), steps
     assert a.error_code is ErrorCode.PARSE_ERROR
+
+
+# -- variant names in rules that are not variants (issue 12, item 5) ----------------------
+
+
+def _typo_document() -> dict[str, Any]:
+    return {
+        "flags": {
+            "checkout": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {
+                    "if": [
+                        {"==": [{"var": "tier"}, "gold"]},
+                        "on",
+                        {"fractional": [["onn", 20], ["off", 80]]},
+                    ]
+                },
+            },
+            "banner": {
+                "state": "DISABLED",
+                "variants": {"blue": "b", "green": "g"},
+                "defaultVariant": "blue",
+                "targeting": {"if": [{"var": "beta"}, "gren", {"or": [{"var": "x"}, "blue"]}]},
+            },
+        }
+    }
+
+
+def test_a_variant_name_that_is_not_a_variant_is_a_problem() -> None:
+    problems = FlagSet.from_mapping(_typo_document()).problems
+    assert len(problems) == 2
+    checkout = next(p for p in problems if p.startswith('flag "checkout"'))
+    assert "flags.checkout.targeting.if[2].fractional[0][0]" in checkout
+    assert '"onn"' in checkout
+    assert 'did you mean "on"?' in checkout
+    banner = next(p for p in problems if p.startswith('flag "banner"'))
+    assert "flags.banner.targeting.if[1]" in banner
+    assert 'did you mean "green"?' in banner
+
+
+def test_known_variant_names_and_computed_results_are_not_problems() -> None:
+    doc = _typo_document()
+    doc["flags"]["checkout"]["targeting"] = {
+        "if": [{"var": "beta"}, {"var": "chosen"}, {"fractional": [["on", 1], ["off", 1]]}]
+    }
+    doc["flags"]["banner"]["targeting"] = {"if": [True, "green", None]}
+    assert FlagSet.from_mapping(doc).problems == ()
+
+
+def test_validate_reports_a_variant_typo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flagwire._cli.main import main
+
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(_typo_document()), encoding="utf-8")
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert 'did you mean "on"?' in out
+    assert "flags.checkout.targeting.if[2].fractional[0][0]" in out

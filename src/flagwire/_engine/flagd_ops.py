@@ -21,6 +21,7 @@ __all__ = [
     "bucket_value_v3",
     "canonical_cbor",
     "ends_with",
+    "fraction_weight",
     "fractional",
     "parse_semver",
     "sem_ver",
@@ -85,15 +86,23 @@ class _Fraction(NamedTuple):
     weight: int
 
 
+def fraction_weight(weight: Any) -> int | None:
+    """A ``fractional`` weight as flagd's Go evaluator reads it (every JSON number is a
+    float64 there, valid when whole: ``50`` and ``50.0`` alike), or ``None`` if invalid."""
+    if type(weight) is int:
+        return weight
+    if type(weight) is float and weight.is_integer():
+        return int(weight)
+    return None
+
+
 def _parse_fraction(arg: Any) -> _Fraction | None:
     if not isinstance(arg, (list, tuple)) or not arg or len(arg) > 2:
         return None
     if len(arg) == 1:
         return _Fraction(arg[0], 1)
-    weight = arg[1]
-    if type(weight) is float and weight.is_integer():
-        weight = int(weight)  # flagd's Go evaluator reads every weight as a float64
-    elif type(weight) is not int:
+    weight = fraction_weight(arg[1])
+    if weight is None:
         return None
     # A negative weight can come out of a rollout computation: flagd clamps it to 0.
     return _Fraction(arg[0], max(0, weight))
