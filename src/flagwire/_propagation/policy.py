@@ -1,25 +1,17 @@
 """Flag assignments in W3C ``baggage``: encoding, signing, trust, destinations.
 
 A request's decisions travel to the services it calls as ``baggage`` list members that
-any OpenTelemetry SDK can read (encoding version 1)::
+any OpenTelemetry SDK can read; the wire format is in :mod:`flagwire._propagation.codec`.
+The HMAC covers the version, the targeting key, the flag-set version, the expiry and every
+assignment, so none of them can be changed, added, removed or replayed for another subject.
+A receiver honours members only if one of its keys verifies them and they have not
+expired; everything else of flagwire's is dropped and not forwarded. Members that are not
+flagwire's are never touched.
 
-    fw.ver=1                          encoding version
-    fw.tk=<targeting key>             the subject the decisions were made for
-    fw.fs=<flag-set version>          the deciding service's flag-set version
-    fw.exp=<unix seconds>             not honoured after this time
-    fw.f.<flag key>=<variant>         one member per assignment
-    fw.sig=<key id>.<HMAC>            HMAC-SHA256 over all of the above
-
-Keys and values are percent-encoded (RFC 3986 unreserved characters stay as they are, so
-``unquote``/``unquote_plus`` in any SDK give them back). The HMAC covers the version, the
-targeting key, the flag-set version, the expiry and every assignment, so none of them can
-be changed, added, removed or replayed for another subject. A receiver honours members only
-if one of its keys verifies them and they have not expired; everything else of flagwire's is
-dropped and not forwarded. Members that are not flagwire's are never touched.
-
-The sender keeps the header within flagwire's cap (bytes and members, inside the W3C limits
-of 8192 bytes and 180 members): when assignments do not fit, whole assignments are dropped
-in a deterministic order (by flag key, the last ones first) and counted.
+The sender keeps its members within flagwire's caps, and the whole header (the app's own
+members included) within the W3C limits of 8192 bytes and 180 members: when assignments do
+not fit, whole assignments are dropped in a deterministic order (by flag key, the last ones
+first) and counted; the app's members are never touched.
 """
 
 from __future__ import annotations
@@ -31,16 +23,27 @@ import hmac
 import ipaddress
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Final, NamedTuple
-from urllib.parse import quote, unquote
 
 from flagwire._errors import ConfigError
+
+from .codec import (
+    ENCODING_VERSION,
+    LEGACY_VERSION,
+    MAX_MEMBER_BYTES,
+    PACKED,
+    W3C_MAX_BYTES,
+    W3C_MAX_MEMBERS,
+    decode_text,
+    encode_text,
+    packed_piece,
+    signed_message,
+    unpack,
+)
 
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",
@@ -55,11 +58,9 @@ __all__ = [
 
 logger = logging.getLogger("flagwire")
 
-ENCODING_VERSION: Final = "1"
 PREFIX: Final = "fw."
-_FLAG: Final = "fw.f."
-W3C_MAX_BYTES: Final = 8192
-W3C_MAX_MEMBERS: Final = 180
+_FLAG: Final = "fw.f."  # encoding version 1: one member per assignment
+_SIGNATURE_MEMBER_BYTES: Final = 44  # ",fw.sig=" minus the comma + 4-char id + "." + 32 hex
 
 DEFAULT_ALLOWED_HOSTS: Final = (
     "localhost",
@@ -76,21 +77,6 @@ names in Docker and Kubernetes) and cluster-internal domains. Anything else gets
 
 KEYS_ENV: Final = "FLAGWIRE_PROPAGATION_KEYS"
 HOSTS_ENV: Final = "FLAGWIRE_PROPAGATION_HOSTS"
-
-# RFC 3986 unreserved characters survive; everything else is %XX (so "+" is never a space).
-_SAFE: Final = "-._~"
-_PLAIN = re.compile(r"[A-Za-z0-9\-._~]*")
-
-
-@lru_cache(maxsize=8192)  # flag keys, variants and versions repeat across requests
-def _encode(text: str) -> str:
-    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
-
-
-@lru_cache(maxsize=8192)
-def _decode(text: str) -> str:
-    return unquote(text) if "%" in text else text
-
 
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
@@ -167,13 +153,6 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"<KeyRing signing={self._signing[0]} keys={sum(map(len, self._by_id.values()))}>"
-
-
-def _signed(targeting_key: str, version: str, expires: int, lines: Sequence[str]) -> bytes:
-    """What the HMAC covers: the percent-encoded fields and ``key=value`` assignment lines
-    (percent-encoding never yields "\\n" or "="), so no two different sets of fields give
-    the same message."""
-    return "\n".join([ENCODING_VERSION, targeting_key, version, str(expires), *lines]).encode()
 
 
 class Propagated(NamedTuple):
@@ -329,51 +308,69 @@ class Propagation:
     # -- outbound ----------------------------------------------------------------------------
 
     def encode(
-        self, assignments: Mapping[str, str], targeting_key: str | None, version: str
+        self,
+        assignments: Mapping[str, str],
+        targeting_key: str | None,
+        version: str,
+        existing: str | None = None,
     ) -> list[str]:
         """The ``baggage`` list members for these assignments (signed), or ``[]``.
 
         Nothing is sent without keys or without a targeting key. Assignments that do not
-        fit flagwire's caps are dropped whole, the last flag keys first, and counted.
+        fit are dropped whole, the last flag keys first, and counted: flagwire's members
+        stay within its caps, and with ``existing`` (the app's own baggage, which is kept)
+        the whole header stays within the W3C limits.
         """
         if self.keys is None or not targeting_key or not assignments:
             return []
+        max_bytes, max_members = self.max_bytes, self.max_members
+        app = [m for m in split_baggage(existing) if not m.startswith(PREFIX)] if existing else []
+        if app:
+            max_bytes = min(max_bytes, W3C_MAX_BYTES - len(",".join(app).encode()) - 1)
+            max_members = min(max_members, W3C_MAX_MEMBERS - len(app))
         expires = int(self.clock()) + self.ttl
-        etk, eversion = _encode(targeting_key), _encode(version)
         head = [
             f"fw.ver={ENCODING_VERSION}",
-            f"fw.tk={etk}",
-            f"fw.fs={eversion}",
+            f"fw.tk={encode_text(targeting_key)}",
+            f"fw.fs={encode_text(version)}",
             f"fw.exp={expires}",
         ]
-        lines = [_encode(k) + "=" + _encode(v) for k, v in sorted(assignments.items())]
-        encoded = ["fw.f." + line for line in lines]
-        # the signature member is "fw.sig=" + 4-char id + "." + 32 hex digits
-        budget = self.max_bytes - sum(map(len, head)) - len(head) - 44
-        room = self.max_members - len(head) - 1
-        keep = len(encoded)
-        if keep > room or sum(map(len, encoded)) + keep > budget:
-            keep = used = 0
-            for member in encoded:
-                if keep >= room or used + len(member) + 1 > budget:
-                    break
-                used += len(member) + 1
-                keep += 1
-        if keep == 0:  # nothing fits (a huge targeting key or version): send nothing
-            self.dropped += len(encoded)
+        ordered = sorted(assignments.items())
+        budget = max_bytes - sum(map(len, head)) - len(head) - _SIGNATURE_MEMBER_BYTES
+        room = max_members - len(head) - 1
+        chunks: list[list[str]] = []
+        size = 0  # the current packed member's length
+        for key, variant in ordered:
+            piece = packed_piece(key, variant)
+            grow = bool(chunks) and size + 1 + len(piece) <= MAX_MEMBER_BYTES
+            opening = 0 if grow else len(f"{PACKED}{len(chunks)}=")
+            cost = 1 + opening + len(piece)  # a "~" or a ",", then the piece
+            if cost > budget or (
+                not grow and (len(chunks) >= room or opening + len(piece) > MAX_MEMBER_BYTES)
+            ):
+                break
+            budget -= cost
+            if grow:
+                chunks[-1].append(piece)
+                size += 1 + len(piece)
+            else:
+                chunks.append([piece])
+                size = opening + len(piece)
+        kept = sum(map(len, chunks))
+        if kept < len(ordered):
+            self.dropped += len(ordered) - kept
             self._warn(
-                "flagwire: no assignment fits the baggage cap; %d were not sent", len(encoded)
+                "flagwire: %d assignments did not fit the baggage limits and were not sent",
+                len(ordered) - kept,
             )
+        if kept == 0:  # nothing fits (a huge targeting key, or the app's baggage is full)
             return []
-        if keep < len(encoded):
-            self.dropped += len(encoded) - keep
-            self._warn(
-                "flagwire: %d assignments did not fit the baggage caps and were not sent",
-                len(encoded) - keep,
-            )
-            lines, encoded = lines[:keep], encoded[:keep]
-        signature = self.keys.sign(_signed(etk, eversion, expires, lines))
-        return [*head, *encoded, f"fw.sig={signature}"]
+        sent = dict(ordered[:kept])
+        signature = self.keys.sign(
+            signed_message(ENCODING_VERSION, targeting_key, version, expires, sent)
+        )
+        packed = [f"{PACKED}{i}=" + "~".join(chunk) for i, chunk in enumerate(chunks)]
+        return [*head, *packed, f"fw.sig={signature}"]
 
     def header(
         self,
@@ -383,7 +380,7 @@ class Propagation:
         existing: str | None = None,
     ) -> str | None:
         """A whole ``baggage`` value: ``existing`` (minus any flagwire members) plus ours."""
-        return merge_baggage(existing, self.encode(assignments, targeting_key, version))
+        return merge_baggage(existing, self.encode(assignments, targeting_key, version, existing))
 
     # -- inbound ------------------------------------------------------------------------------
 
@@ -399,7 +396,7 @@ class Propagation:
             return self._reject("an oversized baggage header")
         fields: dict[str, str] = {}
         flags: dict[str, str] = {}
-        raw: list[str] = []  # as received, for the fast signature check
+        legacy = packed = False
         spaced = " " in header or "\t" in header
         for member in header.split(","):
             if spaced:
@@ -414,37 +411,40 @@ class Propagation:
             if spaced:
                 key, value = key.strip(" \t"), value.strip(" \t")
             if key.startswith(_FLAG):
-                encoded_name = key[5:]  # after "fw.f."
-                name = _decode(encoded_name)
+                pairs: list[tuple[str, str]] | None = [(decode_text(key[5:]), decode_text(value))]
+                legacy = True
+            elif key.startswith(PACKED) and key[4:].isdigit():
+                pairs = unpack(value)
+                packed = True
+            else:
+                pairs = None
+                if key in fields:
+                    return self._reject("a repeated flagwire baggage member")
+                fields[key] = value
+                continue
+            if pairs is None:
+                return self._reject("a malformed flagwire assignment member")
+            for name, variant in pairs:
                 if name in flags:
                     return self._reject("a repeated flagwire assignment")
-                flags[name] = _decode(value)
-                raw.append(encoded_name + "=" + value)
-            elif key in fields:
-                return self._reject("a repeated flagwire baggage member")
-            else:
-                fields[key] = value
+                flags[name] = variant
         if self.keys is None:
             self.explain_disabled()
             return Propagated(problem="no propagation keys")
         signature = fields.get("fw.sig")
-        if fields.get("fw.ver") != ENCODING_VERSION or not signature:
+        encoding = fields.get("fw.ver")
+        expected = LEGACY_VERSION if legacy else ENCODING_VERSION
+        if encoding != expected or (legacy and packed) or not signature:
             return self._reject("unsigned or unknown-version flagwire baggage")
         try:
             expires = int(fields.get("fw.exp", ""))
         except ValueError:
             return self._reject("flagwire baggage without a valid expiry")
-        raw_tk, raw_fs = fields.get("fw.tk", ""), fields.get("fw.fs", "")
-        targeting_key, version = _decode(raw_tk), _decode(raw_fs)
-        # As sent by flagwire (sorted, canonical) first; else over the canonical encoding of
-        # what was decoded, so a hop that re-encodes or reorders the members (an
-        # OpenTelemetry SDK passing baggage through) changes nothing.
-        keys = self.keys
-        if not keys.verify(_signed(raw_tk, raw_fs, expires, raw), signature):
-            lines = [_encode(k) + "=" + _encode(v) for k, v in sorted(flags.items())]
-            message = _signed(_encode(targeting_key), _encode(version), expires, lines)
-            if not keys.verify(message, signature):
-                return self._reject("flagwire baggage with a bad signature")
+        targeting_key = decode_text(fields.get("fw.tk", ""))
+        version = decode_text(fields.get("fw.fs", ""))
+        message = signed_message(encoding, targeting_key, version, expires, flags)
+        if not self.keys.verify(message, signature):
+            return self._reject("flagwire baggage with a bad signature")
         if expires < self.clock():
             return self._reject("expired flagwire baggage")
         return Propagated(flags, targeting_key or None, version or None, True)
