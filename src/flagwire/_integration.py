@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._engine.assignment import Assignment
 from ._engine.flagset import FlagSet
 from ._propagation.policy import PREFIX, Propagation, default_propagation
 from ._request.flags import _NOT_YET, RequestFlags, default_source, set_default_source
@@ -111,8 +112,13 @@ class Binding:
         if not decisions or not self.telemetry:
             return
         served = dict(decisions)
-        if flags._served:
-            served.update(flags._served)  # what the code ran on, type mismatches included
+        reads: dict[str, tuple[Assignment, ...]] = {}
+        if flags._served:  # what the code ran on, type mismatches included
+            for key, seen in flags._served.items():
+                served[key] = seen[-1]
+                if len(seen) > 1:
+                    reads[key] = tuple(seen)
+        targeting_key = (flags._context or {}).get("targetingKey")
         record_all(
             self.telemetry,
             RequestRecord(
@@ -122,6 +128,8 @@ class Binding:
                 status,
                 duration,
                 flags.flagset.version_label,
+                reads,
+                targeting_key if isinstance(targeting_key, str) else None,
             ),
         )
 
