@@ -1565,7 +1565,7 @@ def test_version_1_headers_are_still_read() -> None:
     from flagwire._propagation.codec import encode_text, signed_message
 
     expires = int(NOW) + TTL
-    message = signed_message("1", "user 1", "v1", expires, BASE)
+    message = signed_message("1", "user 1", "v1", expires, sorted(BASE.items()))
     members = [
         "fw.ver=1",
         "fw.tk=user%201",

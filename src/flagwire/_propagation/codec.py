@@ -19,7 +19,7 @@ Version 1 (one ``fw.f.<key>=<variant>`` member per assignment) is still read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 from re import compile as _re
 from typing import Final
@@ -75,25 +75,35 @@ def packed_piece(key: str, variant: str) -> str:
     return encode_text(_token(key)) + "~" + encode_text(_token(variant))
 
 
-def unpack(value: str) -> list[tuple[str, str]] | None:
+_untoken = lru_cache(maxsize=8192)(unquote)
+
+
+@lru_cache(maxsize=1024)  # the same sets of decisions arrive again and again
+def unpack(value: str) -> tuple[tuple[str, str], ...] | None:
     """The ``(key, variant)`` pairs of a packed member's value; ``None`` if malformed."""
     tokens = decode_text(value).split("~")
     if len(tokens) % 2:
         return None
-    return [(unquote(tokens[i]), unquote(tokens[i + 1])) for i in range(0, len(tokens), 2)]
+    untoken = _untoken
+    return tuple((untoken(k), untoken(v)) for k, v in zip(tokens[::2], tokens[1::2], strict=True))
+
+
+@lru_cache(maxsize=8192)
+def _line(key: str, variant: str) -> str:
+    return encode_text(key) + "=" + encode_text(variant)
 
 
 def signed_message(
-    version: str, targeting_key: str, flagset: str, expires: int, assignments: Mapping[str, str]
+    version: str, targeting_key: str, flagset: str, expires: int, pairs: Iterable[tuple[str, str]]
 ) -> bytes:
     """What the HMAC covers: the decoded values in canonical form.
 
     The encoding version, targeting key, flag-set version, expiry and one ``key=variant``
-    line per assignment (sorted by key), each field :func:`encode_text`-ed, one per line.
+    line per assignment (``pairs``, sorted by key), each field :func:`encode_text`-ed, one per line.
     Canonical encoding never yields a newline or ``=``, so no field can be shifted into
     another; and since only decoded values count, a hop that re-encodes the members
     (``%20`` or ``+``) or reorders them changes nothing.
     """
-    lines = [encode_text(k) + "=" + encode_text(v) for k, v in sorted(assignments.items())]
+    lines = [_line(k, v) for k, v in pairs]
     head = [version, encode_text(targeting_key), encode_text(flagset), str(expires)]
     return "\n".join([*head, *lines]).encode()

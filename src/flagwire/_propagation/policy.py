@@ -338,10 +338,17 @@ class Propagation:
         ordered = sorted(assignments.items())
         budget = max_bytes - sum(map(len, head)) - len(head) - _SIGNATURE_MEMBER_BYTES
         room = max_members - len(head) - 1
+        pieces = [packed_piece(k, v) for k, v in ordered]
+        packed = "~".join(pieces)
+        if room >= 1 and len(packed) + 7 <= min(budget, MAX_MEMBER_BYTES):
+            # The usual case: all of them in one member ("fw.a0=" and a comma).
+            signature = self.keys.sign(
+                signed_message(ENCODING_VERSION, targeting_key, version, expires, ordered)
+            )
+            return [*head, f"{PACKED}0={packed}", f"fw.sig={signature}"]
         chunks: list[list[str]] = []
         size = 0  # the current packed member's length
-        for key, variant in ordered:
-            piece = packed_piece(key, variant)
+        for piece in pieces:
             grow = bool(chunks) and size + 1 + len(piece) <= MAX_MEMBER_BYTES
             opening = 0 if grow else len(f"{PACKED}{len(chunks)}=")
             cost = 1 + opening + len(piece)  # a "~" or a ",", then the piece
@@ -365,12 +372,11 @@ class Propagation:
             )
         if kept == 0:  # nothing fits (a huge targeting key, or the app's baggage is full)
             return []
-        sent = dict(ordered[:kept])
         signature = self.keys.sign(
-            signed_message(ENCODING_VERSION, targeting_key, version, expires, sent)
+            signed_message(ENCODING_VERSION, targeting_key, version, expires, ordered[:kept])
         )
-        packed = [f"{PACKED}{i}=" + "~".join(chunk) for i, chunk in enumerate(chunks)]
-        return [*head, *packed, f"fw.sig={signature}"]
+        members = [f"{PACKED}{i}=" + "~".join(chunk) for i, chunk in enumerate(chunks)]
+        return [*head, *members, f"fw.sig={signature}"]
 
     def header(
         self,
@@ -411,7 +417,9 @@ class Propagation:
             if spaced:
                 key, value = key.strip(" \t"), value.strip(" \t")
             if key.startswith(_FLAG):
-                pairs: list[tuple[str, str]] | None = [(decode_text(key[5:]), decode_text(value))]
+                pairs: Sequence[tuple[str, str]] | None = [
+                    (decode_text(key[5:]), decode_text(value))
+                ]
                 legacy = True
             elif key.startswith(PACKED) and key[4:].isdigit():
                 pairs = unpack(value)
@@ -424,10 +432,10 @@ class Propagation:
                 continue
             if pairs is None:
                 return self._reject("a malformed flagwire assignment member")
-            for name, variant in pairs:
-                if name in flags:
-                    return self._reject("a repeated flagwire assignment")
-                flags[name] = variant
+            count = len(flags) + len(pairs)
+            flags.update(pairs)
+            if len(flags) != count:
+                return self._reject("a repeated flagwire assignment")
         if self.keys is None:
             self.explain_disabled()
             return Propagated(problem="no propagation keys")
@@ -442,7 +450,7 @@ class Propagation:
             return self._reject("flagwire baggage without a valid expiry")
         targeting_key = decode_text(fields.get("fw.tk", ""))
         version = decode_text(fields.get("fw.fs", ""))
-        message = signed_message(encoding, targeting_key, version, expires, flags)
+        message = signed_message(encoding, targeting_key, version, expires, sorted(flags.items()))
         if not self.keys.verify(message, signature):
             return self._reject("flagwire baggage with a bad signature")
         if expires < self.clock():
