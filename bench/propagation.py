@@ -133,10 +133,13 @@ def problems(propagation: Propagation, trips: dict[str, Callable[[], Any]]) -> l
         found.append(f"flagwire: assignments {dict(got.assignments)} != {ASSIGNMENTS}")
     if (got.targeting_key, got.version) != (TARGETING_KEY, VERSION):
         found.append(f"flagwire: subject {got.targeting_key!r}, version {got.version!r}")
-    if sum(m.startswith("fw.f.") for m in members) != len(ASSIGNMENTS):
+    packed = [m for m in members if m.startswith("fw.a")]
+    if sum(m.count("~") + 1 for m in packed) != 2 * len(ASSIGNMENTS):
         found.append(f"flagwire: {len(members)} members, not all assignments: {members}")
     # decode must really verify: a changed variant is not trusted (its warning is muted)
-    tampered = ",".join(members).replace("fw.f.checkout-v2=on", "fw.f.checkout-v2=off")
+    tampered = ",".join(members).replace("checkout-v2~on", "checkout-v2~off")
+    if tampered == ",".join(members):
+        found.append("flagwire: the tamper test did not change the header")
     flagwire_logger = logging.getLogger("flagwire")
     flagwire_logger.disabled = True
     try:

@@ -534,3 +534,26 @@ def test_expiry_warning_without_an_owner(caplog: pytest.LogCaptureFixture) -> No
         FlagSet.from_mapping({"flags": {key: {**flag, "metadata": {"expires": "2020-01-31"}}}})
     [message] = [r.getMessage() for r in caplog.records if key in r.getMessage()]
     assert "(owner: none)" in message
+
+
+def test_audit_reports_a_variant_name_that_is_not_a_variant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = {
+        "flags": {
+            "checkout": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {"fractional": [["onn", 20], ["off", 80]]},
+                "metadata": {"owner": "team", "expires": "2099-01-01"},
+            }
+        }
+    }
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    code, out = _run_json(capsys, "audit", str(path))
+    assert code == 1
+    [finding] = [f for f in out["findings"] if f["kind"] == "unknown-variant"]
+    assert finding["severity"] == "error"
+    assert 'did you mean "on"?' in finding["detail"]

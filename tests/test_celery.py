@@ -182,7 +182,8 @@ def test_tasks_published_outside_a_request_or_forged_decide_for_themselves(
     assert alone["user"] is None
     assert alone["reasons"]["color"] != "PROPAGATED"
     good = Propagation(keys=[KEYS]).header({"color": "green"}, "user-7", "web-1")
-    forged = good.replace("fw.f.color=green", "fw.f.color=blue")
+    forged = good.replace("color~green", "color~blue")
+    assert forged != good
     unsigned = "fw.ver=1,fw.tk=user-7,fw.f.color=blue"
     for header in (forged, unsigned, "fw.garbage", "x" * 9000):
         seen = client.send_task("e2e.decide", headers={flagwire.celery.HEADER: header})

@@ -419,14 +419,30 @@ def test_yaml_error_line_is_the_offending_line(write_file: WriteFile) -> None:
 
 
 def test_flags_that_is_not_an_object_is_rejected(write_file: WriteFile) -> None:
+    path = write_file("flags.json", {"flags": "on"})
+
+    with pytest.raises(FlagsetError) as info:
+        FlagSet.from_path(path)
+
+    assert "flags must be an object or an array, not a string" in str(info.value)
+    assert "flags.json" in str(info.value)
+    assert info.value.pointer == "flags"
+
+
+def test_a_flags_array_entry_without_a_key_is_rejected(write_file: WriteFile) -> None:
     path = write_file("flags.json", {"flags": [{"state": "ENABLED"}]})
 
     with pytest.raises(FlagsetError) as info:
         FlagSet.from_path(path)
 
-    assert "flags must be an object, not an array" in str(info.value)
-    assert "flags.json" in str(info.value)
-    assert info.value.pointer == "flags"
+    assert "needs a non-empty string key" in str(info.value)
+    assert info.value.pointer == "flags[0].key"
+
+
+def test_a_flag_defined_twice_in_a_flags_array_is_rejected() -> None:
+    flag = {"key": "a", "state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}
+    with pytest.raises(FlagsetError, match='flag "a" is defined twice'):
+        FlagSet.from_mapping({"flags": [flag, dict(flag)]})
 
 
 def test_a_document_that_is_not_an_object_is_rejected() -> None:
@@ -878,3 +894,65 @@ def test_ref_substitution_is_linear_in_the_number_of_evaluators() -> None:
     for i in range(2000):
         assert substitute({"if": [{"$ref": f"e{i}"}, "on", "off"]})["if"][0]["=="][1] == f"p{i}"
     assert walked < 2000 * 20
+
+
+# -- variant names in rules that are not variants (issue 12, item 5) ----------------------
+
+
+def _typo_document() -> dict[str, Any]:
+    return {
+        "flags": {
+            "checkout": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {
+                    "if": [
+                        {"==": [{"var": "tier"}, "gold"]},
+                        "on",
+                        {"fractional": [["onn", 20], ["off", 80]]},
+                    ]
+                },
+            },
+            "banner": {
+                "state": "DISABLED",
+                "variants": {"blue": "b", "green": "g"},
+                "defaultVariant": "blue",
+                "targeting": {"if": [{"var": "beta"}, "gren", {"or": [{"var": "x"}, "blue"]}]},
+            },
+        }
+    }
+
+
+def test_a_variant_name_that_is_not_a_variant_is_a_problem() -> None:
+    problems = FlagSet.from_mapping(_typo_document()).problems
+    assert len(problems) == 2
+    checkout = next(p for p in problems if p.startswith('flag "checkout"'))
+    assert "flags.checkout.targeting.if[2].fractional[0][0]" in checkout
+    assert '"onn"' in checkout
+    assert 'did you mean "on"?' in checkout
+    banner = next(p for p in problems if p.startswith('flag "banner"'))
+    assert "flags.banner.targeting.if[1]" in banner
+    assert 'did you mean "green"?' in banner
+
+
+def test_known_variant_names_and_computed_results_are_not_problems() -> None:
+    doc = _typo_document()
+    doc["flags"]["checkout"]["targeting"] = {
+        "if": [{"var": "beta"}, {"var": "chosen"}, {"fractional": [["on", 1], ["off", 1]]}]
+    }
+    doc["flags"]["banner"]["targeting"] = {"if": [True, "green", None]}
+    assert FlagSet.from_mapping(doc).problems == ()
+
+
+def test_validate_reports_a_variant_typo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flagwire._cli.main import main
+
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(_typo_document()), encoding="utf-8")
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert 'did you mean "on"?' in out
+    assert "flags.checkout.targeting.if[2].fractional[0][0]" in out

@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from flagwire import FlagSet, Propagation
+from flagwire._propagation.codec import packed_piece, unpack
 from test_e2e import STARTUP_TIMEOUT, TEST_APPS, Server, _command, _free_port, _stop
 
 HOST = "127.0.0.1"
@@ -463,17 +464,14 @@ def _forgeries(chain: Chain, users: Sequence[str]) -> dict[str, dict[str, str]]:
             "rollout": _other_variant(rollout, ["on", "off"]),
             "color": _other_variant(color, list(COLORS)),
         }
-        plain = (
-            f"outside=1,fw.ver=1,fw.tk={user},fw.fs={version},fw.exp={later},"
-            f"fw.f.color={forged['color']},fw.f.rollout={forged['rollout']}"
-        )
+        forged_member = "fw.a0=" + "~".join(packed_piece(k, v) for k, v in sorted(forged.items()))
+        plain = f"outside=1,fw.ver=2,fw.tk={user},fw.fs={version},fw.exp={later},{forged_member}"
         kinds["unsigned"][user] = plain
         kinds["junk-sig"][user] = f"{plain},fw.sig=AAAA.AAAAAAAAAAAAAAAAAAAAAA"
         kinds["wrong-key"][user] = "outside=1," + ",".join(strangers.encode(forged, user, version))
         real = ours.encode({"rollout": rollout or "", "color": color or ""}, user, version)
         kinds["tampered"][user] = "outside=1," + ",".join(
-            f"fw.f.rollout={forged['rollout']}" if m.startswith("fw.f.rollout=") else m
-            for m in real
+            forged_member if m.startswith("fw.a0=") else m for m in real
         )
         kinds["expired"][user] = "outside=1," + ",".join(expired.encode(forged, user, version))
         # A genuine header, signed by the edge with the shared key for another user whose
@@ -492,6 +490,16 @@ def _forgeries(chain: Chain, users: Sequence[str]) -> dict[str, dict[str, str]]:
     return kinds
 
 
+def _packed_pairs(header: str) -> list[tuple[str, str]]:
+    """The (flag, variant) pairs in a header's packed flagwire members."""
+    return [
+        pair
+        for m in _fw_members(header)
+        if m.startswith("fw.a")
+        for pair in (unpack(m.partition("=")[2]) or [])
+    ]
+
+
 @pytest.mark.parametrize("client", ["flagwire", "otel"])
 def test_forged_inbound_baggage_is_ignored_and_not_forwarded(
     client: str, shared_chains: Callable[[str], Chain]
@@ -503,10 +511,9 @@ def test_forged_inbound_baggage_is_ignored_and_not_forwarded(
         problems: list[str] = []
         for user, (edge, middle, last) in results.items():
             expected = chain.expected("edge", user)
-            own = {f"fw.f.rollout={expected[0]}", f"fw.f.color={expected[1]}"}
-            forged_flags = {
-                m for m in _fw_members(headers[user]) if m.startswith("fw.f.") and m not in own
-            }
+            own = {("rollout", expected[0]), ("color", expected[1])}
+            forged_flags = set(_packed_pairs(headers[user])) - own
+            pairs = _packed_pairs(middle["baggage"])
             received = _fw_members(middle["baggage"])
             inbound = ours.decode(middle["baggage"])
             if _variants(edge) != expected or edge["reason"] == PROPAGATED:
@@ -514,9 +521,7 @@ def test_forged_inbound_baggage_is_ignored_and_not_forwarded(
             if (_variants(middle), _variants(last)) != (expected, expected):
                 problems.append(f"{user}: later hops {_variants(middle)}, {_variants(last)}")
             # The forged assignments ask for other variants than the edge's: none may arrive.
-            if forged_flags & set(received) or len({m.split("=")[0] for m in received}) != len(
-                received
-            ):
+            if forged_flags & set(pairs) or len(dict(pairs)) != len(pairs):
                 problems.append(f"{user}: forged members reached the middle: {received}")
             if not inbound.trusted or inbound.targeting_key != user:
                 problems.append(f"{user}: middle got untrusted baggage: {middle['baggage']}")

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import entry_points
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -49,6 +50,7 @@ from flagwire import (
     current_flags,
 )
 from flagwire._propagation.baggage import merge_baggage, split_baggage
+from flagwire._propagation.codec import packed_piece, unpack
 from flagwire._propagation.policy import default_propagation
 from flagwire.asgi import FlagwireMiddleware
 from flagwire.flask import Flagwire
@@ -145,6 +147,27 @@ def signed(
     return ",".join(signed_members(assignments, targeting_key, version, key=key))
 
 
+def packed_assignments(members: list[str]) -> dict[str, str]:
+    """The assignments of the packed ``fw.a<N>`` members, decoded (no signature check)."""
+    found: dict[str, str] = {}
+    for member in members:
+        key, _, value = member.partition("=")
+        if key.startswith("fw.a") and key[4:].isdigit():
+            found.update(unpack(value) or [])
+    return found
+
+
+def repacked(assignments: Mapping[str, str]) -> Callable[[list[str]], list[str]]:
+    """A forgery: the members with these assignments packed in place of the signed ones."""
+    value = "~".join(packed_piece(k, v) for k, v in sorted(assignments.items()))
+
+    def forge(members: list[str]) -> list[str]:
+        kept = [m for m in members if not m.startswith("fw.a")]
+        return [*kept[:-1], f"fw.a0={value}", kept[-1]]
+
+    return forge
+
+
 def fw_members(header: str | None) -> list[str]:
     return [m for m in split_baggage(header or "") if m.startswith("fw.")]
 
@@ -223,15 +246,18 @@ def test_the_encoding_is_w3c_baggage_that_opentelemetry_reads(
     # OpenTelemetry unquotes (unquote_plus) and then strips whitespace at both ends of every
     # key and value; apart from that it reads exactly what was encoded.
     expected: dict[str, object] = {
-        "fw.ver": "1",
+        "fw.ver": "2",
         "fw.tk": targeting_key.strip(),
         "fw.fs": version.strip(),
         "fw.exp": str(int(NOW) + TTL),
+        "fw.sig": members[-1].partition("=")[2],
     }
-    for key, variant in sorted(assignments.items()):
-        expected[("fw.f." + key).strip()] = variant.strip()
-    expected["fw.sig"] = members[-1].partition("=")[2]
-    assert dict(read) == expected
+    packed = {k: v for k, v in dict(read).items() if str(k).startswith("fw.a")}
+    assert {k: v for k, v in dict(read).items() if k not in packed} == expected
+    # each packed value, as the SDK hands it to the app, is key~variant~... with every key
+    # and variant percent-encoded once (so no "~" inside one)
+    pairs = [p for value in packed.values() for p in (unpack(quote(str(value))) or [])]
+    assert dict(pairs) == assignments
 
 
 @settings(deadline=None)
@@ -247,10 +273,11 @@ def test_encoding_is_deterministic(
 
 def test_the_encoding_keeps_unreserved_characters_and_escapes_the_rest() -> None:
     members = signed_members({"a b": "x+y", "é": "%", "k~._-": "v~._-"}, "u,1;=", "1.0 beta")
-    assert members[:4] == ["fw.ver=1", "fw.tk=u%2C1%3B%3D", "fw.fs=1.0%20beta", "fw.exp=1700000300"]
-    assert members[4:7] == ["fw.f.a%20b=x%2By", "fw.f.k~._-=v~._-", "fw.f.%C3%A9=%25"]
-    assert members[7].startswith("fw.sig=")
-    assert len(members) == 8
+    assert members[:4] == ["fw.ver=2", "fw.tk=u%2C1%3B%3D", "fw.fs=1.0%20beta", "fw.exp=1700000300"]
+    # each key and variant escaped once more inside the packed member ("~" separates them)
+    assert members[4] == "fw.a0=a%2520b~x%252By~k%257E._-~v%257E._-~%25C3%25A9~%2525"
+    assert members[5].startswith("fw.sig=")
+    assert len(members) == 6
 
 
 def test_nothing_is_encoded_without_keys_a_targeting_key_or_assignments() -> None:
@@ -279,9 +306,9 @@ def _check_capped(p: Propagation, assignments: Mapping[str, str], members: list[
     assert 0 < kept < len(assignments)
     assert dict(decoded.assignments) == {k: assignments[k] for k in ordered[:kept]}
     assert p.dropped == len(assignments) - kept
-    # the first left out would not have fitted either cap
-    following = f"fw.f.{ordered[kept]}={assignments[ordered[kept]]}"
-    assert len(header) + 1 + len(following) > p.max_bytes or len(members) + 1 > p.max_members
+    # the first left out would not have fitted the byte cap (packed, it costs "~" + piece)
+    following = packed_piece(ordered[kept], assignments[ordered[kept]])
+    assert len(header) + 1 + len(following) > p.max_bytes
     return kept
 
 
@@ -289,21 +316,20 @@ def test_many_long_assignments_are_cut_to_the_byte_cap_whole() -> None:
     p = propagation()  # 4096 bytes, 64 members
     assignments = {f"flag-{i:03d}-{'x' * 60}": f"variant-{i:03d}-{'y' * 20}" for i in range(200)}
     members = p.encode(assignments, "user-1", "v1")
-    kept = _check_capped(p, assignments, members)
-    assert kept < p.max_members - 5  # the bytes were the limit here
+    _check_capped(p, assignments, members)
     # whole values only: every value sent is one of the originals
-    for member in members[4:-1]:
-        key, _, value = member.partition("=")
-        assert assignments[key.removeprefix("fw.f.")] == value
+    for key, value in packed_assignments(members).items():
+        assert assignments[key] == value
 
 
-def test_many_short_assignments_are_cut_to_the_member_cap() -> None:
+def test_many_short_assignments_share_members() -> None:
     p = propagation(max_members=20)
     assignments = {f"f{i:03d}": "on" for i in range(200)}
     members = p.encode(assignments, "user-1", "v1")
-    assert len(members) == 20
-    assert _check_capped(p, assignments, members) == 15
-    assert [m.partition("=")[0] for m in members[4:-1]] == [f"fw.f.f{i:03d}" for i in range(15)]
+    assert len(members) == 6  # the head, one packed member, the signature
+    assert p.dropped == 0
+    assert packed_assignments(members) == assignments
+    assert propagation().decode(",".join(members)).trusted
 
 
 def test_a_small_byte_cap_and_the_dropped_counter() -> None:
@@ -317,7 +343,7 @@ def test_a_small_byte_cap_and_the_dropped_counter() -> None:
 def test_a_header_that_fits_drops_nothing() -> None:
     p = propagation()
     members = p.encode({f"f{i}": "on" for i in range(59)}, "user-1", "v1")
-    assert len(members) == 64
+    assert len(members) == 6
     assert p.dropped == 0
 
 
@@ -364,9 +390,10 @@ def _insert(member: str) -> Callable[[list[str]], list[str]]:
 
 FORGERIES: dict[str, Callable[[list[str]], list[str]]] = {
     "unsigned": _drop("fw.sig="),
-    "tampered variant": _replace("fw.f.ranking=", "fw.f.ranking=hybrid"),
-    "added assignment": _insert("fw.f.rollout=on"),
-    "removed assignment": _drop("fw.f.new-checkout="),
+    "tampered variant": repacked({**BASE, "ranking": "hybrid"}),
+    "added assignment": repacked({**BASE, "rollout": "on"}),
+    "removed assignment": repacked({"ranking": "vector"}),
+    "added version-1 assignment": _insert("fw.f.rollout=on"),
     "another targeting key": _replace("fw.tk=", "fw.tk=user-2"),
     "no targeting key": _drop("fw.tk="),
     "another flag-set version": _replace("fw.fs=", "fw.fs=v2"),
@@ -382,7 +409,10 @@ FORGERIES: dict[str, Callable[[list[str]], list[str]]] = {
         f"fw.sig=AAAA.{m.partition('.')[2].partition('.')[2]}" if m.startswith("fw.sig=") else m
         for m in ms
     ],
-    "unknown version": _replace("fw.ver=", "fw.ver=2"),
+    "unknown version": _replace("fw.ver=", "fw.ver=3"),
+    "signed as version 2, sent as version 1": _replace("fw.ver=", "fw.ver=1"),
+    "a malformed packed member": _insert("fw.a1=odd"),
+    "an assignment packed twice": _insert("fw.a1=ranking~vector"),
     "no version": _drop("fw.ver="),
     "member without a value": _insert("fw.f.rollout"),
     "unsigned assignments only": lambda ms: ["fw.f.ranking=hybrid", "fw.f.rollout=on"],
@@ -860,7 +890,7 @@ def test_signed_upstream_decisions_are_honoured(serve: Serve) -> None:
 @SERVERS
 def test_a_forged_header_changes_nothing(serve: Serve) -> None:
     header, _ = upstream_header()
-    forged = header.replace("fw.f.ranking=hybrid", "fw.f.ranking=vector")
+    forged = header.replace("ranking~hybrid", "ranking~vector")
     assert forged != header
     receiver = propagation()
     body, _ = serve(receiver, {"x-user-id": "user-1", "baggage": forged})
@@ -1266,7 +1296,7 @@ def test_job_headers_round_trip() -> None:
 def test_job_headers_from_a_source_and_forged_job_headers() -> None:
     p = propagation()
     headers = job_headers(beta_flags(), propagation=p)
-    forged = {"baggage": headers["baggage"].replace("fw.f.ranking=vector", "fw.f.ranking=hybrid")}
+    forged = {"baggage": headers["baggage"].replace("ranking~vector", "ranking~hybrid")}
     worker = flags_from_headers(forged, flagwire.StaticSource(FLAGSET), propagation=p)
     assert worker.details("ranking").reason is not Reason.PROPAGATED
     assert worker.string("ranking", "") == "classic"
@@ -1479,4 +1509,141 @@ def test_request_hook_sends_flags_from_an_unsampled_requests_span(
 
     without_hook, with_hook = seen
     assert not without_hook or "fw." not in without_hook
-    assert with_hook is not None and "fw.f.f=a" in with_hook
+    assert with_hook is not None and "fw.a0=f~a" in with_hook
+
+
+# -- other OpenTelemetry hops and W3C's limits (issue 12, items 6-8) -------------------------
+
+SPACED = {"banner copy": "spring sale", "ranking": "vector v2", "new-checkout": "on"}
+
+
+def _otel_python_hop(header: str) -> str:
+    """What a service using OpenTelemetry Python forwards: extract, then inject."""
+    carrier: dict[str, str] = {}
+    W3CBaggagePropagator().inject(carrier, W3CBaggagePropagator().extract({"baggage": header}))
+    return carrier.get("baggage", "")
+
+
+def _js_like_hop(header: str) -> str:
+    """OpenTelemetry JS: decodeURIComponent, then encodeURIComponent; members reversed."""
+    from urllib.parse import unquote
+
+    members = []
+    for member in header.split(","):
+        key, _, value = member.partition("=")
+        members.append(key + "=" + quote(unquote(value), safe="-_.!~*'()"))
+    return ",".join(reversed(members))
+
+
+@pytest.mark.parametrize("hop", [_otel_python_hop, _js_like_hop], ids=["otel-python", "js"])
+def test_assignments_with_spaces_verify_after_another_sdk_forwards_them(
+    hop: Callable[[str], str],
+) -> None:
+    header = ",".join(signed_members(SPACED, "user 1 (ops)", "2026.08 rc 1"))
+    forwarded = hop(hop(header))
+    assert forwarded != header
+    result = propagation().decode(forwarded)
+    assert result.trusted, result.problem
+    assert dict(result.assignments) == SPACED
+    assert (result.targeting_key, result.version) == ("user 1 (ops)", "2026.08 rc 1")
+
+
+def test_a_plus_sign_is_not_a_space() -> None:
+    header = signed({"a+b": "x+y"}, "u+1", "v+1")
+    forwarded = _otel_python_hop(header)
+    result = propagation().decode(forwarded)
+    assert result.trusted
+    assert (dict(result.assignments), result.targeting_key) == ({"a+b": "x+y"}, "u+1")
+
+
+def test_a_separator_moved_into_a_packed_value_does_not_verify() -> None:
+    members = signed_members({"a": "b~c~d"})
+    forged = [m if not m.startswith("fw.a0=") else "fw.a0=a~b~c~d" for m in members]
+    assert not propagation().decode(",".join(forged)).trusted
+
+
+def test_version_1_headers_are_still_read() -> None:
+    from flagwire._propagation.codec import encode_text, signed_message
+
+    expires = int(NOW) + TTL
+    message = signed_message("1", "user 1", "v1", expires, sorted(BASE.items()))
+    members = [
+        "fw.ver=1",
+        "fw.tk=user%201",
+        "fw.fs=v1",
+        f"fw.exp={expires}",
+        *(f"fw.f.{encode_text(k)}={encode_text(v)}" for k, v in sorted(BASE.items())),
+        f"fw.sig={KeyRing([KEY]).sign(message)}",
+    ]
+    result = propagation().decode(",".join(members))
+    assert result.trusted, result.problem
+    assert dict(result.assignments) == BASE
+
+
+def _app_baggage(members: int, size: int) -> str:
+    return ",".join(f"app{i:03d}={'v' * (size - 7)}" for i in range(members))
+
+
+@pytest.mark.parametrize(
+    ("members", "size"),
+    [(175, 10), (178, 10), (179, 10), (60, 134), (61, 132), (70, 116)],
+)
+def test_the_combined_header_stays_within_w3c_limits(members: int, size: int) -> None:
+    app = _app_baggage(members, size)
+    p = propagation()
+    assignments = {f"flag-{i:03d}": "treatment" for i in range(30)}
+    header = p.header(assignments, "user-1", "v1", existing=app)
+    assert header is not None
+    assert len(header.encode()) <= 8192
+    assert len(split_baggage(header)) <= 180
+    assert header.startswith(app)
+    # the next hop (OpenTelemetry Python) keeps the app's members, and what it keeps of
+    # flagwire's still verifies
+    forwarded = _otel_python_hop(header)
+    assert other_members(forwarded) == split_baggage(app)
+    result = propagation().decode(forwarded)
+    sent = packed_assignments(fw_members(header))
+    if sent:
+        assert result.trusted, result.problem
+        assert dict(result.assignments) == sent
+    assert p.dropped == len(assignments) - len(sent)
+
+
+def test_app_baggage_at_the_limit_gets_no_flagwire_members() -> None:
+    app = _app_baggage(180, 10)
+    p = propagation()
+    assert p.header(BASE, "user-1", "v1", existing=app) == app
+    assert p.dropped == len(BASE)
+
+
+def test_outbound_baggage_counts_the_app_members() -> None:
+    flags = beta_flags()
+    p = propagation(allowed_hosts=["*"])
+    app = _app_baggage(176, 10)
+    header = outbound_baggage("http://payments", app, flags=flags, propagation=p)
+    assert header is not None and len(split_baggage(header)) <= 180
+    assert other_members(header) == split_baggage(app)
+
+
+REALISTIC_TEAMS = ["checkout", "search", "payments", "growth", "platform"]
+
+
+def _realistic_flags(n: int) -> dict[str, str]:
+    variants = ["control", "treatment", "on", "off", "variant-b"]
+    features = ["new-flow", "ranking-v2", "promo-banner", "retry-budget"]
+    return {
+        f"{REALISTIC_TEAMS[i % 5]}-{features[i % 4]}-{i:03d}": variants[i % 5] for i in range(n)
+    }
+
+
+def test_a_hundred_decided_flags_travel_within_4096_bytes() -> None:
+    p = propagation()  # the default caps: 4096 bytes, 64 members
+    assignments = _realistic_flags(100)
+    assert sum(map(len, assignments)) / 100 >= 20  # realistic key lengths
+    members = p.encode(assignments, "user-1234567", "2026.08.1")
+    header = ",".join(members)
+    assert len(header.encode()) <= 4096
+    assert p.dropped == 0
+    arrived = propagation().decode(_otel_python_hop(header))
+    assert arrived.trusted, arrived.problem
+    assert dict(arrived.assignments) == assignments  # 100 of 100

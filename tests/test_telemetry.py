@@ -949,12 +949,14 @@ def test_server_span_has_one_event_per_decided_flag(
             assert event[FLAGSET_VERSION] == FLAGSET.version_label
             if key in FLAGSET:  # the set a flag belongs to (a missing flag belongs to none)
                 assert event[FLAGSET_ID] == "shop"
-            assert RESULT_VALUE not in event
             assert PROPAGATED_ATTRIBUTE not in event
             if variant is None:
+                # conditionally required without a variant: the value served (the default)
+                assert event[RESULT_VALUE] == {"missing-flag": False}[key]
                 assert RESULT_VARIANT not in event
                 assert SPAN_ATTRIBUTE_PREFIX + key not in span.attributes
             else:
+                assert RESULT_VALUE not in event  # opt-in with a variant
                 assert event[RESULT_VARIANT] == variant
                 assert span.attributes[SPAN_ATTRIBUTE_PREFIX + key] == variant
         if "missing-flag" in decided:

@@ -21,6 +21,7 @@ from collections.abc import (
 )
 from typing import Any, TypeVar
 
+from ._engine.assignment import Assignment
 from ._engine.flagset import FlagSet
 from ._propagation.baggage import PREFIX
 from ._propagation.policy import Propagation, default_propagation
@@ -131,8 +132,13 @@ class Binding:
         if not decisions or not self.telemetry:
             return
         served = dict(decisions)
-        if flags._served:
-            served.update(flags._served)  # what the code ran on, type mismatches included
+        reads: dict[str, tuple[Assignment, ...]] = {}
+        if flags._served:  # what the code ran on, type mismatches included
+            for key, seen in flags._served.items():
+                served[key] = seen[-1]
+                if len(seen) > 1:
+                    reads[key] = tuple(seen)
+        targeting_key = (flags._context or {}).get("targetingKey")
         record_all(
             self.telemetry,
             RequestRecord(
@@ -142,6 +148,8 @@ class Binding:
                 status,
                 duration,
                 flags.flagset.version_label,
+                reads,
+                targeting_key if isinstance(targeting_key, str) else None,
             ),
         )
 

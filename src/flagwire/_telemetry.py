@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Protocol, runtime_checkable
 
@@ -40,6 +40,10 @@ class RequestRecord:
         status: The response status code (500 if the app raised before responding).
         duration: Seconds from the request's start to the end of its response.
         flagset_version: The pinned flag set's version label.
+        reads: For a flag whose reads were served different assignments (read as a
+            string, then as a boolean), each distinct one in the order served; the flag's
+            entry in ``decisions`` is the last.
+        targeting_key: The request's targeting key, if it has one.
     """
 
     decisions: Mapping[str, Assignment]
@@ -48,6 +52,8 @@ class RequestRecord:
     status: int
     duration: float
     flagset_version: str
+    reads: Mapping[str, tuple[Assignment, ...]] = field(default_factory=dict)
+    targeting_key: str | None = None
 
 
 @runtime_checkable

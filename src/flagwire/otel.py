@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextvars import ContextVar
-from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +30,6 @@ from .propagation import outbound_baggage
 
 try:
     from opentelemetry import trace
-    from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.context import Context
     from opentelemetry.propagate import set_global_textmap
@@ -46,11 +44,40 @@ try:
     )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    from ._otel_flags import (
+        CONTEXT_ID,
+        ERROR_MESSAGE,
+        ERROR_TYPE,
+        EVENT_NAME,
+        FLAG_KEY,
+        FLAGSET_ID,
+        FLAGSET_VERSION,
+        PROPAGATED_ATTRIBUTE,
+        PROVIDER_NAME,
+        RESULT_REASON,
+        RESULT_VALUE,
+        RESULT_VARIANT,
+        SPAN_ATTRIBUTE_PREFIX,
+        OTelTelemetry,
+    )
+
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.otel", "OpenTelemetry", "otel") from exc
 
 __all__ = [
+    "CONTEXT_ID",
+    "ERROR_MESSAGE",
+    "ERROR_TYPE",
     "EVENT_NAME",
+    "FLAGSET_ID",
+    "FLAGSET_VERSION",
+    "FLAG_KEY",
+    "PROPAGATED_ATTRIBUTE",
+    "PROVIDER_NAME",
+    "RESULT_REASON",
+    "RESULT_VALUE",
+    "RESULT_VARIANT",
+    "SPAN_ATTRIBUTE_PREFIX",
     "FlagwirePropagator",
     "OTelMetricsTelemetry",
     "OTelTelemetry",
@@ -154,146 +181,6 @@ def install_propagator() -> None:
             [TraceContextTextMapPropagator(), W3CBaggagePropagator(), FlagwirePropagator()]
         )
     )
-
-
-# -- telemetry: flags on spans ----------------------------------------------------------------
-
-EVENT_NAME = "feature_flag.evaluation"
-"""The span event for each flag a request decided (OpenTelemetry semantic conventions)."""
-FLAG_KEY = "feature_flag.key"
-RESULT_VARIANT = "feature_flag.result.variant"
-RESULT_REASON = "feature_flag.result.reason"
-RESULT_VALUE = "feature_flag.result.value"
-PROVIDER_NAME = "feature_flag.provider.name"
-FLAGSET_VERSION = "feature_flag.version"
-FLAGSET_ID = "feature_flag.set.id"
-ERROR_TYPE = "error.type"
-SPAN_ATTRIBUTE_PREFIX = "flagwire.flag."
-"""Server-span attribute per decided flag: ``flagwire.flag.<key> = <variant>`` (searchable)."""
-PROPAGATED_ATTRIBUTE = "flagwire.propagated"
-
-
-@cache
-def _sdk_event() -> Any:
-    try:
-        from opentelemetry.sdk.trace import Event
-    except ImportError:  # pragma: no cover - recording spans come from an SDK
-        return None
-    return Event
-
-
-class OTelTelemetry:
-    """Puts each request's decided flags on its server span.
-
-    For every decided flag, a ``feature_flag.evaluation`` event with the semantic-convention
-    attributes (key, variant, reason, provider ``flagwire``, flag-set version and id,
-    ``error.type`` on errors, the value only with ``record_values=True``), and a searchable
-    span attribute ``flagwire.flag.<key> = <variant>``. A propagated decision's event has
-    ``flagwire.propagated = true``. Works on the span that OpenTelemetry's ASGI / WSGI /
-    Flask instrumentation made current; without one (or when it is not recording) it does
-    nothing.
-
-    Args:
-        record_values: Also record ``feature_flag.result.value`` (values may be sensitive).
-        max_flags: Decided flags put on a span per request; the rest are left out.
-    """
-
-    def __init__(
-        self,
-        *,
-        record_values: bool = False,
-        max_flags: int = 50,
-        server_spans: bool = False,
-        tracer_provider: Any = None,
-    ) -> None:
-        self.record_values = record_values
-        self.max_flags = max_flags
-        self.server_spans = server_spans
-        self._tracer = (
-            trace.get_tracer("flagwire", tracer_provider=tracer_provider) if server_spans else None
-        )
-        # Event attributes repeat (same flag, variant, reason, version): validate them once.
-        self._attributes: dict[tuple[Any, ...], Any] = {}
-
-    def open_span(self, method: str, scope: Any) -> Any:
-        """A server span for the request when nothing else made one (ASGI only), else None.
-
-        Used with ``server_spans=True`` in apps without OpenTelemetry's ASGI
-        instrumentation: the span is named ``METHOD route`` and carries
-        ``http.request.method``, ``url.path``, ``http.route`` and
-        ``http.response.status_code``.
-        """
-        if self._tracer is None or trace.get_current_span().is_recording():
-            return None
-        return self._tracer.start_as_current_span(
-            method,
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope.get("path", "")},
-        )
-
-    def record(self, request: Any) -> None:
-        span = trace.get_current_span()
-        if not span.is_recording():
-            return
-        # The SDK span's own append, skipping the per-call re-validation of attributes
-        # that were validated once (the SDK is there when a span records).
-        add_event = getattr(span, "_add_event", None)
-        event_class = _sdk_event() if add_event is not None else None
-        if event_class is None:
-            add_event = None
-        attributes: dict[str, Any] = {}
-        version = request.flagset_version
-        for index, (key, decision) in enumerate(request.decisions.items()):
-            if index >= self.max_flags:
-                break
-            if decision.variant is not None:
-                attributes[SPAN_ATTRIBUTE_PREFIX + key] = decision.variant
-            if add_event is not None and not self.record_values:
-                event_attributes = self._cached(key, decision, version)
-                add_event(event_class(EVENT_NAME, event_attributes))  # type: ignore[misc]
-            else:
-                span.add_event(EVENT_NAME, self._event(key, decision, version))
-        if attributes:
-            span.set_attributes(attributes)
-
-    def _cached(self, key: str, decision: Any, version: str) -> Any:
-        cache_key = (
-            key,
-            decision.variant,
-            decision.reason,
-            decision.error_code,
-            decision.flagset_version or version,
-            decision.flag_metadata.get("flagSetId"),
-        )
-        found = self._attributes.get(cache_key)
-        if found is None:
-            found = BoundedAttributes(None, self._event(key, decision, version), immutable=True)
-            if len(self._attributes) < 4096:
-                self._attributes[cache_key] = found
-        return found
-
-    def _event(self, key: str, decision: Any, version: str) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            FLAG_KEY: key,
-            PROVIDER_NAME: "flagwire",
-            RESULT_REASON: decision.reason.value.lower(),
-            FLAGSET_VERSION: decision.flagset_version or version,
-        }
-        set_id = decision.flag_metadata.get("flagSetId")
-        if set_id is not None:
-            event[FLAGSET_ID] = str(set_id)
-        if decision.variant is not None:
-            event[RESULT_VARIANT] = decision.variant
-        if decision.error_code is not None:
-            event[ERROR_TYPE] = decision.error_code.value.lower()
-        if decision.reason.value == "PROPAGATED":
-            event[PROPAGATED_ATTRIBUTE] = True
-        if self.record_values and decision.value is not None:
-            value = decision.value
-            event[RESULT_VALUE] = (
-                value if isinstance(value, (bool, int, float, str)) else str(value)
-            )
-        return event
 
 
 # -- telemetry: OpenTelemetry metrics ------------------------------------------------------------

@@ -73,7 +73,7 @@ def outbound_baggage(
     ours: list[str] = []
     if propagation.enabled and propagation.allows(host_of(destination)):
         assignments, targeting_key, version = (flags or current_flags()).outbound()
-        ours = propagation.encode(assignments, targeting_key, version)
+        ours = propagation.encode(assignments, targeting_key, version, existing)
     return merge_baggage(existing, ours)
 
 

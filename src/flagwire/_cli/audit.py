@@ -20,7 +20,9 @@ from typing import Any, Final
 
 from flagwire._engine.definitions import FlagDefinition
 from flagwire._engine.expiry import expiry_date
+from flagwire._engine.flagd_ops import fraction_weight
 from flagwire._engine.flagset import FlagSet
+from flagwire._engine.variant_names import unknown_variant_names
 from flagwire._types import MetadataValue
 
 __all__ = [
@@ -84,10 +86,6 @@ def _literal_name(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _fractions(args: Sequence[Any]) -> list[tuple[Any, Any]] | None:
     """The ``(variant, weight)`` expressions of a ``fractional``'s arguments.
 
@@ -115,12 +113,12 @@ def _fractional_outcomes(args: Sequence[Any]) -> Outcomes | None:
             return None  # a computed variant name
         if isinstance(weight, (dict, list)):
             weights_known = False  # a computed weight: any of these may be chosen
-        elif not _is_int(weight):
+        elif (whole := fraction_weight(weight)) is None:
             return frozenset({None})  # as flagd: a malformed fraction gives null
-        elif weight <= 0:
+        elif whole <= 0:
             continue  # a zero share is never chosen
         else:
-            total += weight
+            total += whole
         names.add(None if variant is None else _literal_name(variant))
     if weights_known and not 0 < total <= _MAX_WEIGHT_SUM:
         return frozenset({None})
@@ -181,10 +179,11 @@ def fractional_shares(args: Any) -> dict[str, float] | None:
         return None
     weights: dict[str, int] = {}
     for variant, weight in fractions:
-        if not isinstance(variant, (str, bool, int, float)) or not _is_int(weight):
+        whole = fraction_weight(weight)
+        if not isinstance(variant, (str, bool, int, float)) or whole is None:
             return None
         name = _literal_name(variant)
-        weights[name] = weights.get(name, 0) + max(0, weight)
+        weights[name] = weights.get(name, 0) + max(0, whole)
     total = sum(weights.values())
     if not 0 < total <= _MAX_WEIGHT_SUM:
         return None
@@ -295,6 +294,10 @@ def audit(
             add(f"missing-{field}", f"no metadata.{field} ({note})", ERROR if required else WARNING)
 
         # Targeting.
+        if isinstance(definition.targeting, dict):
+            at = f"flags.{key}.targeting"
+            for problem in unknown_variant_names(definition.targeting, definition.variants, at):
+                add("unknown-variant", problem, ERROR)
         if not definition.enabled:
             continue
         chosen = chosen_variants(definition)

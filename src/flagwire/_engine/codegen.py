@@ -239,13 +239,12 @@ class _Generator:
             return None
         t = self.temp()
         if self.algorithm == "v2":
-            # A non-string targeting key makes the concatenation raise, as in flagd.
             hashed = f"_hash({self.flag_key!r} + {t}, 0, False)"
-            guard = f"({t} := d.get('targetingKey'))"
         else:
             prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
             hashed = f"_hash({prefix!r} + _cbor({t}), 0, False)"
-            guard = f"({t} := d.get('targetingKey')) and type({t}) is str"
+        # A missing, empty or non-string targeting key gives the default, as in flagd.
+        guard = f"({t} := d.get('targetingKey')) and type({t}) is str"
         if results:
             names = [self.leaf(v) for v in bucketer.variants]
             missing = self.leaf(None)

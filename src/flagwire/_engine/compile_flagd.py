@@ -65,8 +65,8 @@ def _fractional_shorthand(bucketer: cops.Bucketer, flag_key: str, version: str) 
 
         def v2(d: Any) -> Any:
             tk = d.get("targetingKey")
-            if not tk:
-                return None  # and a non-string key raises below, as in flagd
+            if not tk or type(tk) is not str:
+                return None
             return variants[bisect_right(ends, (hash_(flag_key + tk, 0, False) * total) >> 32)]
 
         return v2

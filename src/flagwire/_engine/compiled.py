@@ -16,6 +16,7 @@ from .definitions import (
     FlagDefinition,
 )
 from .fitting import AS_IS, ONLY_NONE, UNSET, fit
+from .variant_names import unknown_variant_names
 
 __all__ = ["CompiledFlag", "plain_copy"]
 
@@ -104,6 +105,10 @@ class CompiledFlag:
         self.rule: Compiled | None = None
         self.rule_error: str | None = None
         self.decide: Callable[[dict[str, Any]], Assignment] = self._decide_without_rule
+        if isinstance(definition.targeting, dict):
+            at = f"flags.{key}.targeting"
+            found = unknown_variant_names(definition.targeting, definition.variants, at)
+            problems.extend(f'flag "{key}": {p}' for p in found)
         if self.disabled:
             self.static_result = None  # always the slow path, which says DISABLED
             return

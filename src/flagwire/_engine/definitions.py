@@ -228,6 +228,29 @@ class _Validator:
             metadata=metadata,
         )
 
+    def flag_array(self, items: list[Any]) -> dict[Any, Any]:
+        """``"flags": [{"key": ..., ...}]`` (flagd since PR #1797) as the keyed form."""
+        flags: dict[Any, Any] = {}
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise self.fail(
+                    f"a flag must be an object, not {_kind(item)}", pointer=f"flags[{i}]"
+                )
+            key = item.get("key")
+            if not isinstance(key, str) or not key:
+                raise self.fail(
+                    f"a flag in a flags array needs a non-empty string key, got {key!r}",
+                    pointer=f"flags[{i}].key",
+                )
+            if key in flags:
+                raise self.fail(
+                    f'flag "{key}" is defined twice in the flags array',
+                    flag=key,
+                    pointer=f"flags[{i}].key",
+                )
+            flags[key] = {k: v for k, v in item.items() if k != "key"}
+        return flags
+
     def document(self, raw: Any) -> FlagsetDocument:
         if not isinstance(raw, dict):
             raise self.fail(
@@ -236,8 +259,12 @@ class _Validator:
         flags = raw.get("flags", {})
         if flags is None:
             flags = {}
+        if isinstance(flags, list):
+            flags = self.flag_array(flags)
         if not isinstance(flags, dict):
-            raise self.fail(f"flags must be an object, not {_kind(flags)}", pointer="flags")
+            raise self.fail(
+                f"flags must be an object or an array, not {_kind(flags)}", pointer="flags"
+            )
         evaluators = raw.get("$evaluators") or {}
         if not isinstance(evaluators, dict):
             raise self.fail(

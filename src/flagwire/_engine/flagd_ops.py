@@ -21,6 +21,7 @@ __all__ = [
     "bucket_value_v3",
     "canonical_cbor",
     "ends_with",
+    "fraction_weight",
     "fractional",
     "parse_semver",
     "sem_ver",
@@ -85,13 +86,23 @@ class _Fraction(NamedTuple):
     weight: int
 
 
+def fraction_weight(weight: Any) -> int | None:
+    """A ``fractional`` weight as flagd's Go evaluator reads it (every JSON number is a
+    float64 there, valid when whole: ``50`` and ``50.0`` alike), or ``None`` if invalid."""
+    if type(weight) is int:
+        return weight
+    if type(weight) is float and weight.is_integer():
+        return int(weight)
+    return None
+
+
 def _parse_fraction(arg: Any) -> _Fraction | None:
     if not isinstance(arg, (list, tuple)) or not arg or len(arg) > 2:
         return None
     if len(arg) == 1:
         return _Fraction(arg[0], 1)
-    weight = arg[1]
-    if type(weight) is not int:
+    weight = fraction_weight(arg[1])
+    if weight is None:
         return None
     # A negative weight can come out of a rollout computation: flagd clamps it to 0.
     return _Fraction(arg[0], max(0, weight))
@@ -148,9 +159,10 @@ def fractional(shorthand: Callable[[], tuple[str, Any]], args: Sequence[Any], ve
     Returns:
         The chosen variant, or ``None`` where flagd gives null.
 
-    Raises:
-        TypeError: v2 only, for a targeting key that is not a string (as flagd's
-            reference evaluator; the evaluation then ends in ``GENERAL``).
+    A non-string targeting key gives ``None`` (the default variant), as in flagd's Go
+    evaluator. In ``v2`` a null bucketing value is skipped and the targeting key used
+    instead (Go: "parser should ignore nil/missing custom variables"); in ``v3`` it gives
+    ``None`` (flagd's ADR "fractional-non-string-rand-units").
     """
     if not args:
         return None
@@ -161,10 +173,10 @@ def fractional(shorthand: Callable[[], tuple[str, Any]], args: Sequence[Any], ve
             rest = args[1:]
         else:
             flag_key, targeting_key = shorthand()
-            if not targeting_key:
+            if not targeting_key or type(targeting_key) is not str:
                 return None
-            bucket_by = flag_key + targeting_key  # a non-string key raises, as in flagd
-            rest = args
+            bucket_by = flag_key + targeting_key
+            rest = args[1:] if first is None else args
         if not bucket_by:
             return None
         digest = _hash(bucket_by, signed=False)

@@ -66,6 +66,13 @@ def to_string(value: Any) -> str:
     return str(value)
 
 
+def _cat_piece(value: Any) -> str:
+    # cat writes a boolean as JavaScript and flagd's daemon do ("true"), not as Python.
+    if value is True or value is False:
+        return "true" if value else "false"
+    return to_string(value)
+
+
 def truthy(value: Any) -> bool:
     """JsonLogic truthiness: ``[]``, ``""``, ``0``, NaN and null are false; ``{}`` is true."""
     if value is True:
@@ -112,8 +119,19 @@ def equals(a: Any, b: Any) -> bool:
     raise TypeError(f"cannot compare {a!r} and {b!r}")
 
 
+def _js_number(value: Any) -> float | int:
+    """``Number(value)`` for null and strings as JavaScript gives it (``""`` is 0)."""
+    if isinstance(value, str) and not value.strip():
+        return 0
+    return to_number(value)
+
+
 def _ordering(cmp: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
     def compare(a: Any, b: Any) -> bool:
+        if (a is None and isinstance(b, str)) or (b is None and isinstance(a, str)):
+            # JavaScript, json-logic-js and flagd's Go jsonlogic compare these as numbers
+            # (null < "abc" is 0 < NaN: false); the Python reference compares "null".
+            return cmp(_js_number(a), _js_number(b))
         if isinstance(a, NUMERIC):
             return cmp(a, to_number(b))
         if isinstance(b, NUMERIC):
@@ -291,7 +309,7 @@ VALUE_OPS: dict[str, Callable[..., Any]] = {
     "in": contains,
     "min": lambda *args: min(to_number(a) for a in args) if args else NAN,
     "max": lambda *args: max(to_number(a) for a in args) if args else NAN,
-    "cat": lambda *args: "".join(to_string(a) for a in args),
+    "cat": lambda *args: "".join(_cat_piece(a) for a in args),
     "substr": substr,
     "merge": merge,
     "log": lambda a=None, *_: a,

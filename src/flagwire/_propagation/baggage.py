@@ -1,43 +1,16 @@
-"""flagwire's members of a W3C ``baggage`` header: names, percent-encoding, the signed
-message, splitting and merging headers, what an inbound header carried."""
+"""flagwire's members among a W3C ``baggage`` header's: their prefix, splitting and merging
+headers, what an inbound header carried (the wire format itself is in ``codec``)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Final, NamedTuple
-from urllib.parse import quote, unquote
 
 __all__ = ["PREFIX", "Propagated", "merge_baggage", "split_baggage"]
 
-ENCODING_VERSION: Final = "1"
 PREFIX: Final = "fw."
-FLAG: Final = "fw.f."
-W3C_MAX_BYTES: Final = 8192
-W3C_MAX_MEMBERS: Final = 180
-
-# RFC 3986 unreserved characters survive; everything else is %XX (so "+" is never a space).
-_SAFE: Final = "-._~"
-_PLAIN = re.compile(r"[A-Za-z0-9\-._~]*")
-
-
-@lru_cache(maxsize=8192)  # flag keys, variants and versions repeat across requests
-def encode(text: str) -> str:
-    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
-
-
-@lru_cache(maxsize=8192)
-def decode(text: str) -> str:
-    return unquote(text) if "%" in text else text
-
-
-def signed(targeting_key: str, version: str, expires: int, lines: Sequence[str]) -> bytes:
-    """What the HMAC covers: the percent-encoded fields and ``key=value`` assignment lines
-    (percent-encoding never yields "\\n" or "="), so no two different sets of fields give
-    the same message."""
-    return "\n".join([ENCODING_VERSION, targeting_key, version, str(expires), *lines]).encode()
+FLAG: Final = "fw.f."  # encoding version 1: one member per assignment
 
 
 class Propagated(NamedTuple):

@@ -1,25 +1,17 @@
 """Flag assignments in W3C ``baggage``: encoding, signing, trust, destinations.
 
 A request's decisions travel to the services it calls as ``baggage`` list members that
-any OpenTelemetry SDK can read (encoding version 1)::
+any OpenTelemetry SDK can read; the wire format is in :mod:`flagwire._propagation.codec`.
+The HMAC covers the version, the targeting key, the flag-set version, the expiry and every
+assignment, so none of them can be changed, added, removed or replayed for another subject.
+A receiver honours members only if one of its keys verifies them and they have not
+expired; everything else of flagwire's is dropped and not forwarded. Members that are not
+flagwire's are never touched.
 
-    fw.ver=1                          encoding version
-    fw.tk=<targeting key>             the subject the decisions were made for
-    fw.fs=<flag-set version>          the deciding service's flag-set version
-    fw.exp=<unix seconds>             not honoured after this time
-    fw.f.<flag key>=<variant>         one member per assignment
-    fw.sig=<key id>.<HMAC>            HMAC-SHA256 over all of the above
-
-Keys and values are percent-encoded (RFC 3986 unreserved characters stay as they are, so
-``unquote``/``unquote_plus`` in any SDK give them back). The HMAC covers the version, the
-targeting key, the flag-set version, the expiry and every assignment, so none of them can
-be changed, added, removed or replayed for another subject. A receiver honours members only
-if one of its keys verifies them and they have not expired; everything else of flagwire's is
-dropped and not forwarded. Members that are not flagwire's are never touched.
-
-The sender keeps the header within flagwire's cap (bytes and members, inside the W3C limits
-of 8192 bytes and 180 members): when assignments do not fit, whole assignments are dropped
-in a deterministic order (by flag key, the last ones first) and counted.
+The sender keeps its members within flagwire's caps, and the whole header (the app's own
+members included) within the W3C limits of 8192 bytes and 180 members: when assignments do
+not fit, whole assignments are dropped in a deterministic order (by flag key, the last ones
+first) and counted; the app's members are never touched.
 """
 
 from __future__ import annotations
@@ -28,21 +20,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from flagwire._errors import ConfigError
 
-from .baggage import (
+from .baggage import FLAG, NOTHING, PREFIX, Propagated, merge_baggage, split_baggage
+from .codec import (
     ENCODING_VERSION,
-    FLAG,
-    NOTHING,
-    PREFIX,
+    LEGACY_VERSION,
+    MAX_MEMBER_BYTES,
+    PACKED,
     W3C_MAX_BYTES,
     W3C_MAX_MEMBERS,
-    Propagated,
-    decode,
-    encode,
-    merge_baggage,
-    signed,
+    decode_text,
+    encode_text,
+    packed_piece,
+    signed_message,
+    unpack,
 )
 from .destinations import Destinations
 from .signing import KEYS_ENV, KeyRing
@@ -50,6 +44,8 @@ from .signing import KEYS_ENV, KeyRing
 __all__ = ["Propagation", "default_propagation", "set_default_propagation"]
 
 logger = logging.getLogger("flagwire")
+
+_SIGNATURE_MEMBER_BYTES: Final = 44  # ",fw.sig=" minus the comma + 4-char id + "." + 32 hex
 
 
 class _RateLimitedLog:
@@ -146,51 +142,75 @@ class Propagation:
     # -- outbound ----------------------------------------------------------------------------
 
     def encode(
-        self, assignments: Mapping[str, str], targeting_key: str | None, version: str
+        self,
+        assignments: Mapping[str, str],
+        targeting_key: str | None,
+        version: str,
+        existing: str | None = None,
     ) -> list[str]:
         """The ``baggage`` list members for these assignments (signed), or ``[]``.
 
         Nothing is sent without keys or without a targeting key. Assignments that do not
-        fit flagwire's caps are dropped whole, the last flag keys first, and counted.
+        fit are dropped whole, the last flag keys first, and counted: flagwire's members
+        stay within its caps, and with ``existing`` (the app's own baggage, which is kept)
+        the whole header stays within the W3C limits.
         """
         if self.keys is None or not targeting_key or not assignments:
             return []
+        max_bytes, max_members = self.max_bytes, self.max_members
+        app = [m for m in split_baggage(existing) if not m.startswith(PREFIX)] if existing else []
+        if app:
+            max_bytes = min(max_bytes, W3C_MAX_BYTES - len(",".join(app).encode()) - 1)
+            max_members = min(max_members, W3C_MAX_MEMBERS - len(app))
         expires = int(self.clock()) + self.ttl
-        etk, eversion = encode(targeting_key), encode(version)
         head = [
             f"fw.ver={ENCODING_VERSION}",
-            f"fw.tk={etk}",
-            f"fw.fs={eversion}",
+            f"fw.tk={encode_text(targeting_key)}",
+            f"fw.fs={encode_text(version)}",
             f"fw.exp={expires}",
         ]
-        lines = [encode(k) + "=" + encode(v) for k, v in sorted(assignments.items())]
-        encoded = ["fw.f." + line for line in lines]
-        # the signature member is "fw.sig=" + 4-char id + "." + 32 hex digits
-        budget = self.max_bytes - sum(map(len, head)) - len(head) - 44
-        room = self.max_members - len(head) - 1
-        keep = len(encoded)
-        if keep > room or sum(map(len, encoded)) + keep > budget:
-            keep = used = 0
-            for member in encoded:
-                if keep >= room or used + len(member) + 1 > budget:
-                    break
-                used += len(member) + 1
-                keep += 1
-        if keep == 0:  # nothing fits (a huge targeting key or version): send nothing
-            self.dropped += len(encoded)
-            self._warn(
-                "flagwire: no assignment fits the baggage cap; %d were not sent", len(encoded)
+        ordered = sorted(assignments.items())
+        budget = max_bytes - sum(map(len, head)) - len(head) - _SIGNATURE_MEMBER_BYTES
+        room = max_members - len(head) - 1
+        pieces = [packed_piece(k, v) for k, v in ordered]
+        packed = "~".join(pieces)
+        if room >= 1 and len(packed) + 7 <= min(budget, MAX_MEMBER_BYTES):
+            # The usual case: all of them in one member ("fw.a0=" and a comma).
+            signature = self.keys.sign(
+                signed_message(ENCODING_VERSION, targeting_key, version, expires, ordered)
             )
+            return [*head, f"{PACKED}0={packed}", f"fw.sig={signature}"]
+        chunks: list[list[str]] = []
+        size = 0  # the current packed member's length
+        for piece in pieces:
+            grow = bool(chunks) and size + 1 + len(piece) <= MAX_MEMBER_BYTES
+            opening = 0 if grow else len(f"{PACKED}{len(chunks)}=")
+            cost = 1 + opening + len(piece)  # a "~" or a ",", then the piece
+            if cost > budget or (
+                not grow and (len(chunks) >= room or opening + len(piece) > MAX_MEMBER_BYTES)
+            ):
+                break
+            budget -= cost
+            if grow:
+                chunks[-1].append(piece)
+                size += 1 + len(piece)
+            else:
+                chunks.append([piece])
+                size = opening + len(piece)
+        kept = sum(map(len, chunks))
+        if kept < len(ordered):
+            self.dropped += len(ordered) - kept
+            self._warn(
+                "flagwire: %d assignments did not fit the baggage limits and were not sent",
+                len(ordered) - kept,
+            )
+        if kept == 0:  # nothing fits (a huge targeting key, or the app's baggage is full)
             return []
-        if keep < len(encoded):
-            self.dropped += len(encoded) - keep
-            self._warn(
-                "flagwire: %d assignments did not fit the baggage caps and were not sent",
-                len(encoded) - keep,
-            )
-            lines, encoded = lines[:keep], encoded[:keep]
-        signature = self.keys.sign(signed(etk, eversion, expires, lines))
-        return [*head, *encoded, f"fw.sig={signature}"]
+        signature = self.keys.sign(
+            signed_message(ENCODING_VERSION, targeting_key, version, expires, ordered[:kept])
+        )
+        members = [f"{PACKED}{i}=" + "~".join(chunk) for i, chunk in enumerate(chunks)]
+        return [*head, *members, f"fw.sig={signature}"]
 
     def header(
         self,
@@ -200,7 +220,7 @@ class Propagation:
         existing: str | None = None,
     ) -> str | None:
         """A whole ``baggage`` value: ``existing`` (minus any flagwire members) plus ours."""
-        return merge_baggage(existing, self.encode(assignments, targeting_key, version))
+        return merge_baggage(existing, self.encode(assignments, targeting_key, version, existing))
 
     # -- inbound ------------------------------------------------------------------------------
 
@@ -216,7 +236,7 @@ class Propagation:
             return self._reject("an oversized baggage header")
         fields: dict[str, str] = {}
         flags: dict[str, str] = {}
-        raw: list[str] = []  # as received, for the fast signature check
+        legacy = packed = False
         spaced = " " in header or "\t" in header
         for member in header.split(","):
             if spaced:
@@ -231,37 +251,42 @@ class Propagation:
             if spaced:
                 key, value = key.strip(" \t"), value.strip(" \t")
             if key.startswith(FLAG):
-                encoded_name = key[5:]  # after "fw.f."
-                name = decode(encoded_name)
-                if name in flags:
-                    return self._reject("a repeated flagwire assignment")
-                flags[name] = decode(value)
-                raw.append(encoded_name + "=" + value)
-            elif key in fields:
-                return self._reject("a repeated flagwire baggage member")
+                pairs: Sequence[tuple[str, str]] | None = [
+                    (decode_text(key[5:]), decode_text(value))
+                ]
+                legacy = True
+            elif key.startswith(PACKED) and key[4:].isdigit():
+                pairs = unpack(value)
+                packed = True
             else:
+                pairs = None
+                if key in fields:
+                    return self._reject("a repeated flagwire baggage member")
                 fields[key] = value
+                continue
+            if pairs is None:
+                return self._reject("a malformed flagwire assignment member")
+            count = len(flags) + len(pairs)
+            flags.update(pairs)
+            if len(flags) != count:
+                return self._reject("a repeated flagwire assignment")
         if self.keys is None:
             self.explain_disabled()
             return Propagated(problem="no propagation keys")
         signature = fields.get("fw.sig")
-        if fields.get("fw.ver") != ENCODING_VERSION or not signature:
+        encoding = fields.get("fw.ver")
+        expected = LEGACY_VERSION if legacy else ENCODING_VERSION
+        if encoding != expected or (legacy and packed) or not signature:
             return self._reject("unsigned or unknown-version flagwire baggage")
         try:
             expires = int(fields.get("fw.exp", ""))
         except ValueError:
             return self._reject("flagwire baggage without a valid expiry")
-        raw_tk, raw_fs = fields.get("fw.tk", ""), fields.get("fw.fs", "")
-        targeting_key, version = decode(raw_tk), decode(raw_fs)
-        # As sent by flagwire (sorted, canonical) first; else over the canonical encoding of
-        # what was decoded, so a hop that re-encodes or reorders the members (an
-        # OpenTelemetry SDK passing baggage through) changes nothing.
-        keys = self.keys
-        if not keys.verify(signed(raw_tk, raw_fs, expires, raw), signature):
-            lines = [encode(k) + "=" + encode(v) for k, v in sorted(flags.items())]
-            message = signed(encode(targeting_key), encode(version), expires, lines)
-            if not keys.verify(message, signature):
-                return self._reject("flagwire baggage with a bad signature")
+        targeting_key = decode_text(fields.get("fw.tk", ""))
+        version = decode_text(fields.get("fw.fs", ""))
+        message = signed_message(encoding, targeting_key, version, expires, sorted(flags.items()))
+        if not self.keys.verify(message, signature):
+            return self._reject("flagwire baggage with a bad signature")
         if expires < self.clock():
             return self._reject("expired flagwire baggage")
         return Propagated(flags, targeting_key or None, version or None, True)

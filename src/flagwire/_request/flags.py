@@ -64,10 +64,14 @@ def getter(self, key, default=_default):
             if decide is None
             else self._memo.setdefault(key, decide(self._context))
         )
+        value = decision.value
+        if {accept}:
+            return value
+        return self._slow(key, decision, default, _flag_type, False)
     value = decision.value
     if {accept}:
         return value
-    return self._slow(key, decision, default, _flag_type)
+    return self._slow(key, decision, default, _flag_type, True)
 """
 
 
@@ -98,7 +102,7 @@ class RequestFlags:
     # _served and _upstream are rarely set: class defaults, and an instance dict only for
     # the requests that set them (one attribute store fewer per request).
     __slots__ = ("__dict__", "_context", "_deciders", "_memo", "flagset")
-    _served: dict[str, Assignment] | None = None
+    _served: dict[str, list[Assignment]] | None = None
     _upstream: Mapping[str, str] | None = None
 
     def __init__(
@@ -225,13 +229,10 @@ class RequestFlags:
         variant, an error) and where the flag's type is not ``flag_type`` (or, without
         ``flag_type``, the type of ``default``); ``reason`` and ``error_code`` say which.
         """
-        decision = self._memo.get(key) or self._decide(key)
-        fitted = fit(decision, default, flag_type)
-        if fitted.error_code is not None:
-            if fitted is not decision and fitted.error_code is ErrorCode.TYPE_MISMATCH:
-                self._note(key, fitted)
-            self._log_problem(key, fitted)
-        return fitted
+        decision = self._memo.get(key)
+        if decision is None:
+            return self._fitted(key, self._decide(key), default, flag_type, False)
+        return self._fitted(key, decision, default, flag_type, True)
 
     get: _Getter[Any] = _getter(
         "value is not None and (default is None or type(value) is type(default))",
@@ -240,29 +241,50 @@ class RequestFlags:
         "The flag's value, or ``default`` when no variant applies or the type differs.",
     )
 
-    def _note(self, key: str, served: Assignment) -> None:
-        """Remember that this request got ``served`` (its default, on a type mismatch)
-        instead of the decision, so telemetry reports what the code really ran on."""
+    def _note(self, key: str, served: Assignment, read_before: bool) -> None:
+        """Remember that this request got ``served`` (its default: no variant applied, or
+        a type mismatch) instead of the decision, so telemetry reports what the code ran on: every
+        distinct assignment its reads were served (``read_before``: the flag was read
+        before, and served the decision unless a mismatch was noted already)."""
         if self._served is None:
             self._served = {}
-        self._served[key] = served
+        seen = self._served.get(key)
+        if seen is None:
+            seen = self._served[key] = [self._memo[key]] if read_before else []
+        if served not in seen:
+            seen.append(served)
 
     def _slow(
-        self, key: str, decision: Assignment, default: Any, flag_type: FlagType | None
+        self,
+        key: str,
+        decision: Assignment,
+        default: Any,
+        flag_type: FlagType | None,
+        read_before: bool,
     ) -> Any:
         # The getters' slow path: no variant (disabled, no default variant, an error), a
-        # variant of another type than asked for, or an integer asked for as a float.
-        if flag_type is None:  # get(): the type of the default decides
-            return self.details(key, default).value
+        # variant of another type than asked for (for get(): than the default's), or an
+        # integer asked for as a float.
         if flag_type is FlagType.FLOAT and type(decision.value) is int:
             return float(decision.value)
-        if decision.variant is not None:
-            served = fit(decision, default, flag_type)
-            self._note(key, served)
-            self._log_problem(key, served)
-        elif decision.error_code is not None:
-            self._log_problem(key, decision)
-        return default
+        return self._fitted(key, decision, default, flag_type, read_before).value
+
+    def _fitted(
+        self,
+        key: str,
+        decision: Assignment,
+        default: Any,
+        flag_type: FlagType | None,
+        read_before: bool,
+    ) -> Assignment:
+        # What a read is served: the decision, or the code's default (no variant applied,
+        # or a type mismatch), noted so that telemetry records what the code ran on.
+        fitted = fit(decision, default, flag_type)
+        if fitted is not decision or (self._served is not None and key in self._served):
+            self._note(key, fitted, read_before)
+        if fitted.error_code is not None:
+            self._log_problem(key, fitted)
+        return fitted
 
     def _log_problem(self, key: str, served: Assignment) -> None:
         """Log a flag problem (missing flag, type mismatch, a rule that raised) once per

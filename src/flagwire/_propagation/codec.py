@@ -1,0 +1,109 @@
+"""The wire format of flag assignments in W3C ``baggage`` (encoding version 2).
+
+Members, all ordinary baggage that any OpenTelemetry SDK reads and forwards::
+
+    fw.ver=2                          encoding version
+    fw.tk=<targeting key>             the subject the decisions were made for
+    fw.fs=<flag-set version>          the deciding service's flag-set version
+    fw.exp=<unix seconds>             not honoured after this time
+    fw.a0=<key>~<variant>~<key>~...   the assignments, packed (fw.a1, ... past 4 KB)
+    fw.sig=<key id>.<HMAC>            HMAC-SHA256, see :func:`signed_message`
+
+Fields are percent-encoded (RFC 3986 unreserved characters stay as they are; flagwire
+never writes a literal ``+``, so a ``+`` that arrives is a space an SDK re-encoded, as
+OpenTelemetry Python's ``quote_plus`` does). In a packed member each key and variant is
+percent-encoded once more, so the value an SDK decodes is ``key~variant~...`` with no
+``~`` inside a key or variant: any faithful decode and re-encode keeps the structure.
+Version 1 (one ``fw.f.<key>=<variant>`` member per assignment) is still read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from re import compile as _re
+from typing import Final
+from urllib.parse import quote, unquote, unquote_plus
+
+__all__ = [
+    "ENCODING_VERSION",
+    "LEGACY_VERSION",
+    "MAX_MEMBER_BYTES",
+    "PACKED",
+    "W3C_MAX_BYTES",
+    "W3C_MAX_MEMBERS",
+    "decode_text",
+    "encode_text",
+    "packed_piece",
+    "signed_message",
+    "unpack",
+]
+
+ENCODING_VERSION: Final = "2"
+LEGACY_VERSION: Final = "1"
+PACKED: Final = "fw.a"
+W3C_MAX_BYTES: Final = 8192
+W3C_MAX_MEMBERS: Final = 180
+MAX_MEMBER_BYTES: Final = 4096
+"""OpenTelemetry's SDKs drop a list member longer than this."""
+
+_SAFE: Final = "-._~"
+_PLAIN = _re(r"[A-Za-z0-9\-._~]*")
+
+
+@lru_cache(maxsize=8192)  # flag keys, variants and versions repeat across requests
+def encode_text(text: str) -> str:
+    """Percent-encode all but RFC 3986 unreserved characters (canonical: one form)."""
+    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
+
+
+@lru_cache(maxsize=8192)
+def decode_text(text: str) -> str:
+    """Undo :func:`encode_text`, or any faithful re-encoding of it (``+`` for a space)."""
+    return unquote_plus(text) if "%" in text or "+" in text else text
+
+
+@lru_cache(maxsize=8192)
+def _token(text: str) -> str:
+    # "~" separates the tokens; quote() always keeps it, so it is escaped by hand.
+    return quote(text, safe="-._").replace("~", "%7E")
+
+
+@lru_cache(maxsize=8192)
+def packed_piece(key: str, variant: str) -> str:
+    """One assignment as it is written inside a packed member's value."""
+    return encode_text(_token(key)) + "~" + encode_text(_token(variant))
+
+
+_untoken = lru_cache(maxsize=8192)(unquote)
+
+
+@lru_cache(maxsize=1024)  # the same sets of decisions arrive again and again
+def unpack(value: str) -> tuple[tuple[str, str], ...] | None:
+    """The ``(key, variant)`` pairs of a packed member's value; ``None`` if malformed."""
+    tokens = decode_text(value).split("~")
+    if len(tokens) % 2:
+        return None
+    untoken = _untoken
+    return tuple((untoken(k), untoken(v)) for k, v in zip(tokens[::2], tokens[1::2], strict=True))
+
+
+@lru_cache(maxsize=8192)
+def _line(key: str, variant: str) -> str:
+    return encode_text(key) + "=" + encode_text(variant)
+
+
+def signed_message(
+    version: str, targeting_key: str, flagset: str, expires: int, pairs: Iterable[tuple[str, str]]
+) -> bytes:
+    """What the HMAC covers: the decoded values in canonical form.
+
+    The encoding version, targeting key, flag-set version, expiry and one ``key=variant``
+    line per assignment (``pairs``, sorted by key), each field :func:`encode_text`-ed, one per line.
+    Canonical encoding never yields a newline or ``=``, so no field can be shifted into
+    another; and since only decoded values count, a hop that re-encodes the members
+    (``%20`` or ``+``) or reorders them changes nothing.
+    """
+    lines = [_line(k, v) for k, v in pairs]
+    head = [version, encode_text(targeting_key), encode_text(flagset), str(expires)]
+    return "\n".join([*head, *lines]).encode()
