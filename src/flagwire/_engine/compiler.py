@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 from . import flagd_ops as cops
 from .codegen import generate_rule
@@ -39,14 +39,16 @@ from .jsonlogic_ops import (
     var,
     walk,
 )
+from .rule_problems import (
+    ITERATION_OPS,
+    KNOWN_OPERATIONS,
+    dotted_message,
+    ref_message,
+    rule_problems,
+    unknown_message,
+)
 
 __all__ = ["Compiled", "RuleError", "TraceStep", "compile_rule"]
-
-_ITERATION_OPS: Final = frozenset({"map", "filter", "reduce", "all", "some", "none"})
-_CUSTOM_OPS: Final = frozenset({"fractional", "sem_ver", "starts_with", "ends_with"})
-KNOWN_OPERATIONS: Final = frozenset(
-    {"if", "?:", "and", "or", *_ITERATION_OPS, *VALUE_OPS, *DATA_OPS, *_CUSTOM_OPS}
-)
 
 
 class RuleError(Exception):
@@ -73,7 +75,6 @@ class _Compiler:
         self.fractional = fractional
         self.evaluators = evaluators
         self.trace = trace
-        self.problems: list[str] = []
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -94,7 +95,7 @@ class _Compiler:
             return self._if(args, top, here)
         if op in ("and", "or"):
             return self._and_or(op, args, top, here)
-        if op in _ITERATION_OPS:
+        if op in ITERATION_OPS:
             return self._iteration(op, args, top, here)
         fs = [self.compile(a, top, f"{here}/{i}") for i, a in enumerate(args)]
         consts = [is_literal(a) for a in args]
@@ -113,10 +114,8 @@ class _Compiler:
             return lambda d: fn([f(d) for f in fs])
         if op in VALUE_OPS:
             return self._value_op(op, args, fs, consts, top)
-        if "." in op and op.split(".")[0] in KNOWN_OPERATIONS:
-            # flagd's evaluator looks "var.x" up as operations["var"]["x"]: a TypeError.
-            message = f'"{op}" is not an operation'
-            self.problems.append(f"{here}: {message}")
+        message = dotted_message(op)
+        if message is not None:
 
             def dotted(d: Any) -> Any:
                 for f in fs:
@@ -201,20 +200,10 @@ class _Compiler:
         return compile_iteration(op, len(args), items, sub, init)
 
     def _ref(self, name: str, at: str) -> Compiled:
-        # $ref is substituted before compiling (flagd's order); what is left is an error.
-        if name in self.evaluators:
-            message = (
-                f'$ref "{name}" is unresolved: flagd substitutes $evaluators in order, and '
-                f'"{name}" is defined before the evaluator that uses it (move it after)'
-            )
-        else:
-            message = f'$ref to unknown evaluator "{name}"'
-        self.problems.append(f"{at}: {message}")
-        return self._raise(message)
+        return self._raise(ref_message(name, self.evaluators))
 
     def _unknown(self, op: str, fs: list[Compiled], at: str) -> Compiled:
-        self.problems.append(f'{at}: unknown operation "{op}"')
-        message = f'unknown operation "{op}"'
+        message = unknown_message(op)
 
         def unknown(d: Any) -> Any:
             for f in fs:  # arguments are evaluated first, as in flagd
@@ -396,6 +385,7 @@ def compile_rule(
         operations, dangling ``$ref``), which raise :class:`RuleError` when reached.
     """
     compiler = _Compiler(flag_key, fractional, evaluators or {}, trace)
+    problems = rule_problems(logic, evaluators or {})
     if trace is None:
         generated = generate_rule(
             logic,
@@ -405,10 +395,8 @@ def compile_rule(
             fallback=compiler.compile,
         )
         if generated is not None:
-            return generated, list(dict.fromkeys(compiler.problems))
-        compiler.problems.clear()
-    compiled = compiler.compile(logic, True, "targeting")
-    return compiled, compiler.problems
+            return generated, problems
+    return compiler.compile(logic, True, "targeting"), problems
 
 
 __all__ += ["KNOWN_OPERATIONS", "missing", "to_number"]
