@@ -18,15 +18,11 @@ implementation where scipy has one:
 With :class:`~flagwire._analysis.sequential.Sequential` every interval becomes the
 normal-mixture confidence sequence around the same estimate and standard error, and the
 p-value the always-valid one, so hourly looks keep the error rate.
-
-The sample-ratio-mismatch check is Pearson's goodness-of-fit (``chisquare``) of requests per
-variant against the configured weights.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from scipy import special, stats
@@ -38,12 +34,10 @@ from .sequential import Sequential
 __all__ = [
     "Comparison",
     "Interval",
-    "SrmCheck",
     "compare_means",
     "compare_poisson_rates",
     "compare_proportions",
     "rate_interval",
-    "srm_check",
     "wilson_interval",
 ]
 
@@ -262,80 +256,6 @@ def rate_interval(
     low = 0.0 if count == 0 else float(special.chdtri(2 * count, 1 - alpha / 2)) / 2
     high = float(special.chdtri(2 * count + 2, alpha / 2)) / 2
     return Interval(low / requests, high / requests)
-
-
-@dataclass(frozen=True, slots=True)
-class SrmCheck:
-    """The sample-ratio-mismatch check: were variants served in the configured ratio?
-
-    Attributes:
-        observed: Requests per variant.
-        expected: Requests per variant the weights predict for the same total.
-        statistic: Pearson's chi-square (``inf`` when a zero-weight variant was served).
-        p_value: Its p-value.
-        threshold: The p-value below which the check fails.
-        message: What it found, in a sentence.
-    """
-
-    observed: Mapping[str, float]
-    expected: Mapping[str, float]
-    statistic: float
-    p_value: float
-    threshold: float
-    message: str
-
-    @property
-    def mismatch(self) -> bool:
-        """Whether the assignment is skewed (``p_value < threshold``)."""
-        return self.p_value < self.threshold
-
-
-def srm_check(
-    observed: Mapping[str, float],
-    weights: Mapping[str, float],
-    *,
-    threshold: float = 0.001,
-) -> SrmCheck:
-    """Test the requests per variant against the weights they were assigned with.
-
-    Args:
-        observed: Requests per variant; variants missing count as 0.
-        weights: The assignment weights per variant (any scale: ``{"on": 1, "off": 1}``,
-            or flagd's fractional percentages). A served variant missing here has weight 0.
-        threshold: Fail below this p-value. Strict (0.001) because the check runs on every
-            report and a skew this unlikely is a bug, not bad luck.
-
-    Returns:
-        The check.
-
-    Raises:
-        ConfigError: A weight is negative or not finite, or all weights are 0.
-    """
-    bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w >= 0)}
-    total_weight = sum(weights.values())
-    if bad or not total_weight > 0:
-        msg = f"weights must be finite, non-negative and not all 0, got {dict(weights)!r}"
-        raise ConfigError(msg)
-    names = list(weights) + sorted(set(observed) - set(weights))
-    counts = {name: float(observed.get(name, 0.0)) for name in names}
-    total = sum(counts.values())
-    expected = {name: total * weights.get(name, 0.0) / total_weight for name in names}
-    stray = [name for name in names if expected[name] == 0 and counts[name] > 0]
-    if stray:
-        message = f"variant(s) {', '.join(stray)} were served but have weight 0"
-        return SrmCheck(counts, expected, math.inf, 0.0, threshold, message)
-    tested = [name for name in names if expected[name] > 0]
-    if total == 0 or len(tested) < 2:
-        message = "nothing to test: no requests" if total == 0 else "only one weighted variant"
-        return SrmCheck(counts, expected, 0.0, 1.0, threshold, message)
-    result = stats.chisquare([counts[n] for n in tested], [expected[n] for n in tested])
-    statistic, p_value = float(result.statistic), float(result.pvalue)
-    shares = ", ".join(
-        f"{n} {counts[n] / total:.2%} (expected {expected[n] / total:.2%})" for n in tested
-    )
-    verdict = "MISMATCH" if p_value < threshold else "ok"
-    message = f"{verdict}: chi2 = {statistic:.2f}, p = {p_value:.3g}; {shares}"
-    return SrmCheck(counts, expected, statistic, p_value, threshold, message)
 
 
 def _sequential(
