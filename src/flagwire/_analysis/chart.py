@@ -175,6 +175,8 @@ def _latency_panel(
     axes.set_ylabel("p95 latency (ms)")
     ends = [points[-1][0] for points in latency.values() if points]
     if not ends:
+        axes.set_xticks([])
+        axes.set_yticks([])
         axes.text(0.5, 0.5, "no latency series", ha="center", va="center", transform=axes.transAxes)
         return
     # Hours before the window's end read better than timestamps over a "last 24h" window,

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 
 from .model import MetricComparison, Report
 from .stats import Interval
 
 __all__ = ["render_table"]
-
-_Format = Callable[[float], str]
 
 _METHODS = {
     "pearson-chi2": "chi-square test, Newcombe interval",
@@ -99,22 +96,23 @@ def _comparisons(report: Report, rows: Sequence[MetricComparison]) -> list[str]:
         "event_mean_value": f"{first.event}: mean value",
     }[first.metric]
     title = f"{what} ({first.model}; {_METHODS.get(first.comparison.test, first.comparison.test)})"
-    table = [["variant", "value", "difference [CI]", "relative [CI]", "p", ""]]
+    table = [["variant", "value", "difference [CI]", "relative [CI]", "p"]]
     control = [_name(report.control, report.control), _value(first, first.comparison.control)]
-    table.append([*control, "", "", "", ""])
+    table.append([*control, "", "", ""])
+    scale = 100.0 if first.model == "proportion" else 1.0
+    unit = " pp" if first.model == "proportion" else ""
     for m in rows:
         c = m.comparison
-        unit = " pp" if m.model == "proportion" else ""
-        diff = _with_ci(c.difference, c.difference_ci, partial(_signed, m.model)) + unit
-        rel = "n/a" if c.relative is None else _with_ci(c.relative, c.relative_ci, _signed_percent)
-        table.append([
-            _name(m.variant, report.control), _value(m, c.variant), diff, rel,
-            _p(c.p_value), "*" if m.significant else "",
-        ])  # fmt: skip
-    return [title, *_align(table, left=1, indent="  ")]
+        diff = _with_ci(c.difference, c.difference_ci, scale, "", 0) + unit
+        rel = "n/a" if c.relative is None else _with_ci(c.relative, c.relative_ci, 100.0, "%", 1)
+        p = _p(c.p_value) + ("*" if m.significant else " ")
+        table.append([_name(m.variant, report.control), _value(m, c.variant), diff, rel, p])
+    return [title, *_align(table, left=1, indent="  ", gap="  ")]
 
 
-def _align(rows: Sequence[Sequence[str]], *, left: int, indent: str = "") -> list[str]:
+def _align(
+    rows: Sequence[Sequence[str]], *, left: int, indent: str = "", gap: str = "   "
+) -> list[str]:
     """Columns padded to their widest cell; the first ``left`` left-aligned, the rest right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     out = []
@@ -123,12 +121,12 @@ def _align(rows: Sequence[Sequence[str]], *, left: int, indent: str = "") -> lis
             cell.ljust(w) if i < left else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
-        out.append((indent + "   ".join(cells)).rstrip())
+        out.append((indent + gap.join(cells)).rstrip())
     return out
 
 
 def _name(variant: str, control: str) -> str:
-    name = variant if len(variant) <= 24 else variant[:23] + "…"
+    name = variant if len(variant) <= 20 else variant[:19] + "…"
     return f"{name} (control)" if variant == control else name
 
 
@@ -136,20 +134,23 @@ def _value(m: MetricComparison, value: float) -> str:
     return _percent(value) if m.model == "proportion" else _short(value)
 
 
-def _signed(model: str, value: float) -> str:
-    if model == "proportion":
-        return f"{value * 100:+.3g}" if math.isfinite(value) else "n/a"
-    return f"{value:+.4g}" if math.isfinite(value) else "n/a"
+def _with_ci(
+    estimate: float, ci: Interval | None, scale: float, suffix: str, min_decimals: int
+) -> str:
+    """``+1.23 [+0.45, +2.01]``: decimals enough for three significant digits of the
+    interval's width, so the estimate and both bounds read at the same precision."""
+    if not math.isfinite(estimate):
+        return "n/a"
+    if ci is None or not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+        return f"{estimate * scale:+.3g}{suffix}"
+    width = (ci.high - ci.low) * scale
+    decimals = 2 - math.floor(math.log10(width)) if width > 0 else 3
+    decimals = min(max(decimals, min_decimals), 8)
 
+    def fmt(value: float) -> str:
+        return f"{value * scale:+.{decimals}f}{suffix}"
 
-def _with_ci(estimate: float, ci: Interval | None, fmt: _Format) -> str:
-    if ci is None:
-        return fmt(estimate)
     return f"{fmt(estimate)} [{fmt(ci.low)}, {fmt(ci.high)}]"
-
-
-def _signed_percent(value: float) -> str:
-    return f"{value * 100:+.3g}%" if math.isfinite(value) else "n/a"
 
 
 def _percent(value: float) -> str:
