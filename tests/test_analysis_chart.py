@@ -113,3 +113,20 @@ def test_the_core_of_the_analysis_never_imports_matplotlib() -> None:
         "assert 'matplotlib' not in sys.modules, 'imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_package_exports_are_sorted_and_complete() -> None:
+    import flagwire._analysis as analysis
+
+    # ruff's RUF022 order: CONSTANTS, then Classes, then functions, each alphabetical.
+    assert analysis.__all__ == sorted(
+        analysis.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n)
+    )
+    public = {
+        name
+        for module in (
+            "chart", "figures", "model", "reader", "report", "sequential", "srm", "stats", "table",
+        )
+        for name in __import__(f"flagwire._analysis.{module}", fromlist=["_"]).__all__
+    }  # fmt: skip
+    assert set(analysis.__all__) == public
