@@ -17,6 +17,8 @@ from .model import SCHEMA, EventSummary, MetricComparison, Report, VariantSummar
 from .reader import (
     PrometheusClient,
     PrometheusError,
+    Sample,
+    Series,
     parse_duration,
     read_figures,
     read_latency_series,
@@ -46,7 +48,9 @@ __all__ = [
     "PrometheusClient",
     "PrometheusError",
     "Report",
+    "Sample",
     "Sequential",
+    "Series",
     "SrmCheck",
     "VariantFigures",
     "VariantSummary",
