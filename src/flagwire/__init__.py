@@ -12,7 +12,7 @@ from . import context
 from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
 from ._engine.definitions import FlagDefinition
 from ._engine.flagset import FlagSet
-from ._errors import ConfigError, FlagsetError, FlagwireError, SourceError
+from ._errors import ConfigError, FlagsetError, FlagwireError, PrometheusError, SourceError
 from ._propagation.policy import Propagation, set_default_propagation
 from ._propagation.signing import KeyRing
 from ._request.flags import (
@@ -21,6 +21,7 @@ from ._request.flags import (
     current_flags,
     default_source,
     set_default_source,
+    track,
 )
 from ._sources.base import Source, SourceStatus, StaticSource
 from ._sources.file import FileSource
@@ -69,6 +70,7 @@ __all__ = [
     "FlagwireError",
     "HttpSource",
     "KeyRing",
+    "PrometheusError",
     "Propagation",
     "Reason",
     "RequestFlags",
@@ -83,4 +85,5 @@ __all__ = [
     "default_source",
     "set_default_propagation",
     "set_default_source",
+    "track",
 ]

@@ -5,7 +5,8 @@ The hierarchy::
     FlagwireError
     ├── FlagsetError (ValueError)   a flag-definition document is invalid
     ├── SourceError                 a source cannot produce a flag set
-    └── ConfigError (ValueError)    flagwire itself is misconfigured
+    ├── ConfigError (ValueError)    flagwire itself is misconfigured
+    └── PrometheusError             a Prometheus query failed (``flagwire report``)
 
 Evaluation never raises: problems during evaluation become an error code on the
 :class:`~flagwire.Assignment` instead.
@@ -71,6 +72,26 @@ class SourceError(FlagwireError):
 
 class ConfigError(FlagwireError, ValueError):
     """flagwire is configured wrongly (bad option, missing extra, ...)."""
+
+
+class PrometheusError(FlagwireError):
+    """A Prometheus query failed: unreachable, refused, or answered with something unusable.
+
+    Attributes:
+        url: The URL that was asked (with its query string).
+        message: What went wrong.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        self.message = message
+        self.url = url
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(message={self.message!r}, url={self.url!r})"
 
 
 def missing_extra(exc: ImportError, module: str, what: str, extra: str) -> ImportError:

@@ -107,22 +107,20 @@ class Binding:
     def record(
         self, flags: RequestFlags, method: str, route: str, status: int, duration: float
     ) -> None:
-        """Hand a finished request to the telemetry (if it decided any flag)."""
-        decisions = flags._memo
-        if not decisions or not self.telemetry:
+        """Hand a finished request to the telemetry (if it decided any flag): what the
+        code ran on (type mismatches included) and the events it tracked."""
+        if not flags._memo or not self.telemetry:
             return
-        served = dict(decisions)
-        if flags._served:
-            served.update(flags._served)  # what the code ran on, type mismatches included
         record_all(
             self.telemetry,
             RequestRecord(
-                served,
+                flags.served(),
                 method if method in _METHODS else "_OTHER",
                 route,
                 status,
                 duration,
                 flags.flagset.version_label,
+                flags.take_tracked(),
             ),
         )
 

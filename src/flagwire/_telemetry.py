@@ -1,9 +1,10 @@
 """Flags in traces and metrics: the :class:`Telemetry` protocol and the shared record.
 
 The middleware calls every configured telemetry once per request, after the response, with
-the request's decisions (:class:`RequestRecord`); nothing runs per evaluation. Label values
-are bounded: flag keys and variants come from the flag set, routes are templates, and past
-``max_flags`` decided flags per request the rest share the ``_other`` label.
+the request's decisions and tracked events (:class:`RequestRecord`); nothing runs per
+evaluation. Label values are bounded: flag keys and variants come from the flag set, routes
+are templates, past ``max_flags`` decided flags per request the rest share the ``_other``
+label, and event names are declared or capped (past the cap: ``_other``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from ._engine.assignment import Assignment
 from ._engine.flagset import FlagSet
+from ._request.tracking import TrackedEvent
 
 __all__ = ["OVERFLOW", "RequestRecord", "Telemetry", "status_class"]
 
@@ -40,6 +42,9 @@ class RequestRecord:
         status: The response status code (500 if the app raised before responding).
         duration: Seconds from the request's start to the end of its response.
         flagset_version: The pinned flag set's version label.
+        events: The outcomes the request tracked (:meth:`~flagwire.RequestFlags.track`),
+            ``(name, value or None)`` in the order tracked; each one counts for every
+            flag in ``decisions``.
     """
 
     decisions: Mapping[str, Assignment]
@@ -48,6 +53,7 @@ class RequestRecord:
     status: int
     duration: float
     flagset_version: str
+    events: Sequence[TrackedEvent] = ()
 
 
 @runtime_checkable

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flagwire._errors import ConfigError, FlagwireError
+from flagwire._errors import ConfigError, PrometheusError
 from flagwire._telemetry import NO_VARIANT
 
 from .figures import EventFigures, VariantFigures
@@ -53,26 +53,6 @@ _EVENT_METRICS = {
     "value_sum": "flagwire_event_value_total",
     "value_sq_sum": "flagwire_event_value_squared_total",
 }
-
-
-class PrometheusError(FlagwireError):
-    """A Prometheus query failed: unreachable, refused, or answered with something unusable.
-
-    Attributes:
-        url: The URL that was asked (with its query string).
-        message: What went wrong.
-    """
-
-    def __init__(self, message: str, *, url: str) -> None:
-        self.message = message
-        self.url = url
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return f"{self.url}: {self.message}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(message={self.message!r}, url={self.url!r})"
 
 
 @dataclass(frozen=True, slots=True)
