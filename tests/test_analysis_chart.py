@@ -101,7 +101,7 @@ def test_the_html_page_embeds_the_chart_table_and_json(tmp_path: Path) -> None:
 def test_a_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
 
-    with pytest.raises(ConfigError, match=r"flagwire\[report\]"):
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[report\]"'):
         render_png_bytes(_report())
 
 

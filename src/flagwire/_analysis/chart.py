@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flagwire._errors import ConfigError
+from flagwire._errors import ConfigError, missing_extra
 
 from .model import Report
 from .table import render_table
@@ -52,8 +52,9 @@ def render_png_bytes(report: Report, *, latency: LatencySeries | None = None) ->
         from matplotlib.figure import Figure
         from matplotlib.layout_engine import ConstrainedLayoutEngine
     except ImportError as exc:
-        msg = "charts need matplotlib: pip install 'flagwire[report]'"
-        raise ConfigError(msg) from exc
+        raise ConfigError(
+            str(missing_extra(exc, "flagwire's chart", "matplotlib", "report"))
+        ) from exc
     panels = _rate_panels(report)
     rows = 1 + math.ceil(len(panels) / _PER_ROW)
     # Room at the bottom for the note on what the error bars and labels mean.

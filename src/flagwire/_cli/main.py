@@ -9,6 +9,7 @@ hygiene, say what a change does.
                    [--json]
     flagwire diff OLD NEW [--sample N] [--json]
     flagwire init [PATH] [--force]
+    flagwire report --prometheus URL --flag KEY [--since 24h] [--event NAME ...] [--json] ...
     flagwire --version
 """
 
@@ -31,6 +32,7 @@ from flagwire._errors import FlagsetError
 from . import audit as _audit
 from . import diff as _diff
 from . import init as _init
+from . import report as _report
 
 __all__ = ["main"]
 
@@ -265,6 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write a starter flag file (owner, expiry, a rollout)")
     init.add_argument("path", nargs="?", default=_init.DEFAULT_PATH, metavar="PATH")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _report.add_parser(sub)
     return parser
 
 
@@ -288,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _diff_cmd(args)
     if args.command == "init":
         return _init_cmd(args)
+    if args.command == "report":
+        return _report.run(args)
     return _explain(args)
 
 
