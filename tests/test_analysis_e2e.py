@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,12 +76,19 @@ def exporter() -> Iterator[_Exporter]:
 def prometheus(
     tmp_path_factory: pytest.TempPathFactory, exporter: _Exporter
 ) -> Iterator[PrometheusClient]:
+    with running_prometheus(
+        tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{exporter.port}"
+    ) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def running_prometheus(tmp_path: Path, target: str) -> Iterator[PrometheusClient]:
+    """A real Prometheus scraping ``target`` every second (skips the test without one)."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("no prometheus binary (apt-get install prometheus)")
-    tmp_path = tmp_path_factory.mktemp("prometheus")
     config = tmp_path / "prometheus.yml"
-    target = f"127.0.0.1:{exporter.port}"
     scrape = {"job_name": "app", "static_configs": [{"targets": [target]}]}
     settings = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}}
     # JSON is YAML: no YAML writer needed for Prometheus's config.
