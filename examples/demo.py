@@ -14,8 +14,11 @@ the hops (0), and how many would have differed had each service decided alone. T
 shows an anonymous visitor keeping its bucket, the rollout shares over a thousand users,
 a table of requests, p50/p95 latency and error rate per variant from each service's
 flagwire metrics (the service's new checkout is made 20 ms slower), and one trace through
-both services with its ``feature_flag.evaluation`` events. The servers are stopped at the
-end.
+both services with its ``feature_flag.evaluation`` events. It ends with an experiment
+report for ``search-ranking`` from the gateway's metrics: the thousand users are synthetic
+shoppers who order twice as often when shown the vector ranking (``treatment-a``), the
+gateway tracks each order (``flags.track("checkout", total)``), and the report compares
+the order rate and value per variant with the control. The servers are stopped at the end.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from demo_experiment import experiment_report, shoppers
 
 HERE = Path(__file__).resolve().parent
 USERS = [
@@ -111,9 +115,9 @@ async def traffic(gateway: str, service: str) -> None:
             f"service {body['service']['version']}"
         )
 
-        population = [
-            {"x-user-id": f"user-{i}", "x-plan": "free", "x-country": "DE"} for i in range(1000)
-        ]
+        population = shoppers(
+            [{"x-user-id": f"user-{i}", "x-plan": "free", "x-country": "DE"} for i in range(1000)]
+        )
         differ = alone = 0
         checkout_on = 0
         ranking: Counter[str] = Counter()
@@ -242,6 +246,7 @@ def main() -> int:
         # One secret for both services; in production, a real secret from your vault.
         "FLAGWIRE_PROPAGATION_KEYS": secrets.token_urlsafe(32),
     }
+    began = time.monotonic()
     gateway_port, service_port = free_port(), free_port()
     gateway = f"http://127.0.0.1:{gateway_port}"
     service = f"http://127.0.0.1:{service_port}"
@@ -309,6 +314,7 @@ def main() -> int:
             scrape = httpx.get(f"{url}/metrics", trust_env=False, follow_redirects=True)
             per_variant_table(scrape.text, name)
         print_trace(span_files)
+        experiment_report(gateway, since=f"{time.monotonic() - began:.0f}s")
     return 0
 
 

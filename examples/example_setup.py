@@ -3,7 +3,8 @@
 :func:`flag_source` reads ``$FLAGWIRE_FLAGS`` (a file, default ``examples/flags.yaml``) or
 ``$FLAGWIRE_FLAGS_URL`` (a central file over HTTP, polled every
 ``$FLAGWIRE_FLAGS_INTERVAL`` seconds, cached at ``$FLAGWIRE_FLAGS_CACHE``). The services
-call :func:`telemetry` for flagwire's ``telemetry=`` list: Prometheus metrics always. With
+call :func:`telemetry` for flagwire's ``telemetry=`` list: Prometheus metrics always (with
+the tracked ``checkout`` event declared, so event labels stay bounded). With
 ``$FLAGWIRE_EXAMPLE_SPANS`` set to a file, they also record OpenTelemetry traces there (one
 JSON span a line), which is how the demo shows a trace across the two services without a
 collector. In your own service, export spans to your backend instead (OTLP).
@@ -23,6 +24,8 @@ from flagwire.prometheus import PrometheusTelemetry
 
 SPANS_FILE = os.environ.get("FLAGWIRE_EXAMPLE_SPANS")
 DEFAULT_FLAGS = Path(__file__).with_name("flags.yaml")
+TRACKED_EVENTS = ["checkout"]
+"""The outcomes the services track (``flagwire.track``), for ``flagwire report``."""
 
 
 def flag_source() -> FileSource | HttpSource:
@@ -61,7 +64,7 @@ def tracer_provider() -> Any:
 
 def telemetry(sources: Sequence[Source], traced: bool) -> list[Any]:
     """flagwire's telemetry: Prometheus, plus spans when tracing is on."""
-    sinks: list[Any] = [PrometheusTelemetry(sources=sources)]
+    sinks: list[Any] = [PrometheusTelemetry(sources=sources, events=TRACKED_EVENTS)]
     if traced:
         sinks.append(OTelTelemetry())
     return sinks

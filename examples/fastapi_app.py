@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from example_setup import flag_source, telemetry, tracer_provider
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from prometheus_client import make_asgi_app
 
 from flagwire import context
@@ -47,8 +47,11 @@ if provider is not None:
 
 
 @app.get("/checkout")
-async def checkout(flags: Flags) -> dict[str, Any]:
-    """Which checkout and ranking this user gets, and from which flag-set version."""
+async def checkout(flags: Flags, x_order_total: float | None = Header(None)) -> dict[str, Any]:
+    """Which checkout and ranking this user gets, and from which flag-set version; with
+    ``x-order-total``, an order: tracked as ``checkout`` with that value."""
+    if x_order_total is not None:
+        flags.track("checkout", x_order_total)
     return {
         "service": "fastapi",
         "user": flags.context.get("targetingKey"),

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from example_setup import flag_source, telemetry, tracer_provider
-from flask import Flask, Response
+from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flagwire import context
@@ -50,7 +50,11 @@ EXTRA_MS = float(os.environ.get("EXAMPLE_NEW_CHECKOUT_EXTRA_MS", "0"))
 
 @app.get("/checkout")
 def checkout() -> dict[str, Any]:
-    """Which checkout and ranking this user gets, and from which flag-set version."""
+    """Which checkout and ranking this user gets, and from which flag-set version; with
+    ``x-order-total``, an order: tracked as ``checkout`` with that value."""
+    order_total = request.headers.get("x-order-total", type=float)
+    if order_total is not None:
+        flags.track("checkout", order_total)
     if EXTRA_MS and flags.boolean("new-checkout", False):
         time.sleep(EXTRA_MS / 1000)
     return {

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 from example_setup import flag_source, telemetry, tracer_provider
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from prometheus_client import make_asgi_app
 
 from flagwire import context
@@ -55,8 +55,12 @@ if provider is not None:
 
 
 @app.get("/checkout")
-async def checkout(flags: Flags) -> dict[str, Any]:
-    """The gateway's decisions, and the service's answer for the same user."""
+async def checkout(flags: Flags, x_order_total: float | None = Header(None)) -> dict[str, Any]:
+    """The gateway's decisions, and the service's answer for the same user. A request with
+    ``x-order-total`` is a completed order: tracked as ``checkout`` with that value, for
+    every flag this request decides (the experiment report compares them per variant)."""
+    if x_order_total is not None:
+        flags.track("checkout", x_order_total)
     mine = {
         "service": "gateway",
         "user": flags.context.get("targetingKey"),

@@ -209,3 +209,68 @@ def test_metrics_aggregate_every_workers_requests(metrics_server: Server) -> Non
         # The flag source, as the worker that served the scrape sees it.
         assert samples["flagwire_source_up"] == {(): 1.0}
         assert samples["flagwire_flagset_info"] == {(flagset.version_label,): 1.0}
+
+
+def test_tracked_events_aggregate_every_workers_requests(metrics_server: Server) -> None:
+    """``track()`` in both workers: every worker's scrape has every event, per variant."""
+    local = threading.local()
+    clients: list[httpx.Client] = []
+    lock = threading.Lock()
+
+    def buy(i: int) -> tuple[dict[str, Any], float]:
+        client: httpx.Client | None = getattr(local, "client", None)
+        if client is None:
+            client = local.client = metrics_server.client(limits=NEW_CONNECTION_EACH_TIME)
+            with lock:
+                clients.append(client)
+        amount = round(5 + (i * 7.3) % 100, 2)
+        response = client.get("/buy", headers={**_user(i), "x-amount": str(amount)})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body, amount
+
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            bought = list(pool.map(buy, range(REQUESTS)))
+    finally:
+        for each in clients:
+            each.close()
+    assert len({body["pid"] for body, _ in bought}) == 2
+
+    expected: dict[str, Counter[Key]] = {"count": Counter(), "sum": Counter(), "sq": Counter()}
+    for body, amount in bought:
+        for key, variant in body["decided"].items():
+            variant = variant or NO_VARIANT
+            for event in ("checkout", "viewed"):
+                expected["count"][key, variant, event] += 1
+            expected["sum"][key, variant, "checkout"] += amount
+            expected["sq"][key, variant, "checkout"] += amount * amount
+
+    seen: set[str] = set()
+    deadline = time.monotonic() + 20
+    with metrics_server.client(limits=NEW_CONNECTION_EACH_TIME) as client:
+        while len(seen) < 2 and time.monotonic() < deadline:
+            response = client.get("/metrics")
+            seen.add(response.headers["x-worker-pid"])
+            found: dict[str, dict[Key, float]] = {"count": {}, "sum": {}, "sq": {}}
+            names = {
+                "flagwire_events_total": "count",
+                "flagwire_event_value_total": "sum",
+                "flagwire_event_value_squared_total": "sq",
+            }
+            for family in text_string_to_metric_families(response.text):
+                for sample in family.samples:
+                    if sample.name in names:
+                        key = (
+                            sample.labels["flag"],
+                            sample.labels["variant"],
+                            sample.labels["event"],
+                        )
+                        found[names[sample.name]][key] = sample.value
+            assert found["count"] == expected["count"]
+            for field in ("sum", "sq"):
+                got = {k: v for k, v in found[field].items() if v}
+                assert got.keys() == expected[field].keys()
+                for k, v in expected[field].items():
+                    assert got[k] == pytest.approx(v, rel=1e-9), (field, k)
+    assert len(seen) == 2, f"scrapes hit only {seen}"

@@ -13,7 +13,14 @@ from . import context
 from ._engine.assignment import Assignment, ErrorCode, EvaluationError, FlagType, Reason
 from ._engine.definitions import FlagDefinition
 from ._engine.flagset import FlagSet
-from ._errors import ConfigError, ConflictError, FlagsetError, FlagwireError, SourceError
+from ._errors import (
+    ConfigError,
+    ConflictError,
+    FlagsetError,
+    FlagwireError,
+    PrometheusError,
+    SourceError,
+)
 from ._propagation.policy import Propagation, set_default_propagation
 from ._propagation.signing import KeyRing
 from ._request.flags import (
@@ -22,6 +29,7 @@ from ._request.flags import (
     current_flags,
     default_source,
     set_default_source,
+    track,
 )
 from ._sources.base import Source, SourceStatus, StaticSource
 from ._sources.file import FileSource
@@ -84,6 +92,7 @@ __all__ = [
     "FlagwireError",
     "HttpSource",
     "KeyRing",
+    "PrometheusError",
     "Propagation",
     "Reason",
     "RedisSource",
@@ -99,4 +108,5 @@ __all__ = [
     "default_source",
     "set_default_propagation",
     "set_default_source",
+    "track",
 ]

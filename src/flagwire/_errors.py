@@ -6,6 +6,7 @@ The hierarchy::
     ├── FlagsetError (ValueError)   a flag-definition document is invalid
     ├── SourceError                 a source cannot produce a flag set
     ├── ConflictError               a publish lost a compare-and-set race (nothing written)
+    ├── PrometheusError             a Prometheus query failed (``flagwire report``)
     └── ConfigError (ValueError)    flagwire itself is misconfigured
 
 Evaluation never raises: problems during evaluation become an error code on the
@@ -95,6 +96,26 @@ class ConflictError(FlagwireError):
             f"this publisher read revision {self.expected}; nothing was written: run it again "
             "to review the change against what is in force now"
         )
+
+
+class PrometheusError(FlagwireError):
+    """A Prometheus query failed: unreachable, refused, or answered with something unusable.
+
+    Attributes:
+        url: The URL that was asked (with its query string).
+        message: What went wrong.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        self.message = message
+        self.url = url
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(message={self.message!r}, url={self.url!r})"
 
 
 def missing_extra(exc: ImportError, module: str, what: str, extra: str) -> ImportError:

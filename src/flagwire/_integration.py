@@ -21,7 +21,6 @@ from collections.abc import (
 )
 from typing import Any, TypeVar
 
-from ._engine.assignment import Assignment
 from ._engine.flagset import FlagSet
 from ._propagation.baggage import PREFIX
 from ._propagation.policy import Propagation, default_propagation
@@ -127,29 +126,23 @@ class Binding:
     def record(
         self, flags: RequestFlags, method: str, route: str, status: int, duration: float
     ) -> None:
-        """Hand a finished request to the telemetry (if it decided any flag)."""
-        decisions = flags._memo
-        if not decisions or not self.telemetry:
+        """Hand a finished request to the telemetry (if it decided any flag): what the
+        code ran on (type mismatches included) and the events it tracked."""
+        if not flags._memo or not self.telemetry:
             return
-        served = dict(decisions)
-        reads: dict[str, tuple[Assignment, ...]] = {}
-        if flags._served:  # what the code ran on, type mismatches included
-            for key, seen in flags._served.items():
-                served[key] = seen[-1]
-                if len(seen) > 1:
-                    reads[key] = tuple(seen)
         targeting_key = (flags._context or {}).get("targetingKey")
         record_all(
             self.telemetry,
             RequestRecord(
-                served,
+                flags.served(),
                 method if method in _METHODS else "_OTHER",
                 route,
                 status,
                 duration,
                 flags.flagset.version_label,
-                reads,
+                flags.reads(),
                 targeting_key if isinstance(targeting_key, str) else None,
+                flags.take_tracked(),
             ),
         )
 

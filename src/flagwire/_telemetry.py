@@ -1,9 +1,10 @@
 """Flags in traces and metrics: the :class:`Telemetry` protocol and the shared record.
 
 The middleware calls every configured telemetry once per request, after the response, with
-the request's decisions (:class:`RequestRecord`); nothing runs per evaluation. Label values
-are bounded: flag keys and variants come from the flag set, routes are templates, and past
-``max_flags`` decided flags per request the rest share the ``_other`` label.
+the request's decisions and tracked events (:class:`RequestRecord`); nothing runs per
+evaluation. Label values are bounded: flag keys and variants come from the flag set, routes
+are templates, past ``max_flags`` decided flags per request the rest share the ``_other``
+label, and event names are declared or capped (past the cap: ``_other``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from ._engine.assignment import Assignment
 from ._engine.flagset import FlagSet
+from ._request.tracking import TrackedEvent
 
 __all__ = ["OVERFLOW", "RequestRecord", "Telemetry", "status_class"]
 
@@ -44,6 +46,9 @@ class RequestRecord:
             string, then as a boolean), each distinct one in the order served; the flag's
             entry in ``decisions`` is the last.
         targeting_key: The request's targeting key, if it has one.
+        events: The outcomes the request tracked (:meth:`~flagwire.RequestFlags.track`),
+            ``(name, value or None)`` in the order tracked; each one counts for every
+            flag in ``decisions``.
     """
 
     decisions: Mapping[str, Assignment]
@@ -54,6 +59,7 @@ class RequestRecord:
     flagset_version: str
     reads: Mapping[str, tuple[Assignment, ...]] = field(default_factory=dict)
     targeting_key: str | None = None
+    events: Sequence[TrackedEvent] = ()
 
 
 @runtime_checkable

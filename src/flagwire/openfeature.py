@@ -39,13 +39,14 @@ try:
     from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
     from openfeature.flag_evaluation import Reason as OFReason
     from openfeature.provider import AbstractProvider, Metadata
+    from openfeature.track import TrackingEventDetails
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.openfeature", "the OpenFeature SDK", "openfeature") from exc
 
 
 from ._engine.assignment import Assignment, ErrorCode, FlagType, Reason
 from ._engine.flagset import FlagSet
-from ._request.flags import EMPTY_FLAGSET, default_source, request_flags
+from ._request.flags import EMPTY_FLAGSET, current_flags, default_source, request_flags
 from ._sources.base import Source
 from ._sources.openfeature import BridgedFlag, OpenFeatureSource
 
@@ -96,6 +97,12 @@ class FlagwireProvider(AbstractProvider):
     map by name; a flag of another type than asked for gives ``TYPE_MISMATCH`` (and the
     OpenFeature client returns the caller's default). Flag metadata (the flag set's merged
     with the flag's) is passed through.
+
+    OpenFeature's tracking API (``client.track(name, context, details)``) is
+    :meth:`flagwire.RequestFlags.track` on the request's flags: the event, with
+    ``details.value`` as its value, counts for every flag the request decides (the
+    details' attributes and the evaluation context are not used). Outside a request
+    there is no decision to count it for, and the event is dropped with a warning.
 
     Args:
         source: The flagwire source (or flag set) used outside requests.
@@ -189,6 +196,16 @@ class FlagwireProvider(AbstractProvider):
             variant=found.variant,
             flag_metadata=dict(found.flag_metadata),
         )
+
+    def track(
+        self,
+        tracking_event_name: str,
+        evaluation_context: EvaluationContext | None = None,
+        tracking_event_details: TrackingEventDetails | None = None,
+    ) -> None:
+        value = None if tracking_event_details is None else tracking_event_details.value
+        # Outside a request current_flags() gives throwaway flags, which drop it (warning).
+        current_flags().track(tracking_event_name, value)
 
     def resolve_boolean_details(
         self,

@@ -21,10 +21,19 @@ Metrics (names follow Prometheus conventions; labels are bounded):
 - ``flagwire_source_failures_total`` (counter; source);
 - ``flagwire_flag_expiry_timestamp_seconds`` (gauge; source, flag, owner): from
   ``metadata.expires`` (end of that day, UTC);
-- ``flagwire_flags_expired`` (gauge; source): flags past their expiry now.
+- ``flagwire_flags_expired`` (gauge; source): flags past their expiry now;
+- ``flagwire_events_total``, ``flagwire_event_value_total``,
+  ``flagwire_event_value_squared_total`` (counters; flag, variant, event): tracked events
+  (:meth:`flagwire.RequestFlags.track`), counted once per flag the request decided, with
+  the sum and the sum of squares of their values (what ``flagwire report`` needs for
+  means and variances); an event without a value adds to the count only.
 
 ``variant`` is ``_none`` for a decision without a variant; past ``max_flags`` decided flags in
-one request the rest are counted under ``flag="_other"``. Works in prometheus_client's
+one request the rest are counted under ``flag="_other"``. Event names are bounded too: the
+``events`` you declare, or else the first ``max_events`` names this process sees (up to
+``MAX_EVENT_NAME`` characters); any other name is counted as ``event="_other"``. The
+tracking counters have at most (flags + 1) x (variants + 1) x (event names + 1) series
+each. Works in prometheus_client's
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, gunicorn): the counters and the histogram
 are aggregated by its collector; the source gauges describe the worker that serves the
 scrape, which reads the same files as the others.
@@ -32,14 +41,25 @@ scrape, which reads the same files as the others.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ._errors import missing_extra
+from ._engine.assignment import Assignment
+from ._errors import ConfigError, missing_extra
+from ._request.flags import RequestFlags
+from ._request.tracking import TrackedEvent, warn_once
 from ._sources.base import Source
-from ._telemetry import RequestRecord, bounded, expiries, status_class, variant_label
+from ._telemetry import (
+    OVERFLOW,
+    RequestRecord,
+    bounded,
+    expiries,
+    status_class,
+    variant_label,
+)
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -48,9 +68,14 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.prometheus", "prometheus_client", "prometheus") from exc
 
-__all__ = ["DEFAULT_BUCKETS", "PrometheusTelemetry", "SourceCollector"]
+__all__ = ["DEFAULT_BUCKETS", "MAX_EVENT_NAME", "PrometheusTelemetry", "SourceCollector"]
+
+logger = logging.getLogger("flagwire")
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+MAX_EVENT_NAME = 100
+"""Event names longer than this are counted as ``_other`` (a label value is stored in
+every sample of its series)."""
 
 
 class PrometheusTelemetry:
@@ -63,6 +88,14 @@ class PrometheusTelemetry:
         sources: Sources whose health, flag-set version and expiring flags to export.
         max_flags: Decided flags labelled per request; the rest count as ``_other``.
         buckets: Histogram buckets (seconds).
+        events: The tracked event names to label; any other counts as ``_other``. The
+            hard bound, the same in every process: declare them in production.
+        max_events: Without ``events``, how many distinct names this process labels (the
+            first it sees); later ones count as ``_other``. In multiprocess mode each
+            worker admits its own first ``max_events``, so the bound is per worker.
+
+    Raises:
+        ConfigError: ``max_events`` is negative, or a declared name is empty or too long.
     """
 
     def __init__(
@@ -72,8 +105,23 @@ class PrometheusTelemetry:
         sources: Iterable[Source] = (),
         max_flags: int = 20,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        events: Iterable[str] | None = None,
+        max_events: int = 50,
     ) -> None:
         self.max_flags = max_flags
+        declared = None if events is None else frozenset(events)
+        if declared is not None and any(
+            not isinstance(e, str) or not 0 < len(e) <= MAX_EVENT_NAME for e in declared
+        ):
+            msg = f"PrometheusTelemetry(events=...): names must be 1 to {MAX_EVENT_NAME} characters"
+            raise ConfigError(msg)
+        if max_events < 0:
+            msg = f"PrometheusTelemetry(max_events={max_events}): must be 0 or more"
+            raise ConfigError(msg)
+        self.max_events = len(declared) if declared is not None else max_events
+        # Event name -> its label; with declared events, filled up front and never grown.
+        self._event_labels: dict[str, str] = {e: e for e in declared or ()}
+        self._events_closed = declared is not None
         self.duration = Histogram(
             "flagwire_request_duration_seconds",
             "Request duration, observed once per flag the request decided, by variant.",
@@ -93,6 +141,26 @@ class PrometheusTelemetry:
             ["flag", "error_code"],
             registry=registry,
         )
+        tracked = ["flag", "variant", "event"]
+        self.events = Counter(
+            "flagwire_events",
+            "Tracked events, counted once per flag the request decided, by variant.",
+            tracked,
+            registry=registry,
+        )
+        self.event_values = Counter(
+            "flagwire_event_value",
+            "Sum of tracked events' values, by flag, variant and event.",
+            tracked,
+            registry=registry,
+        )
+        self.event_squares = Counter(
+            "flagwire_event_value_squared",
+            "Sum of tracked events' squared values (for their variance).",
+            tracked,
+            registry=registry,
+        )
+        self._event_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
         self.sources = SourceCollector(sources)
         if registry is not None:
             registry.register(self.sources)
@@ -127,6 +195,89 @@ class PrometheusTelemetry:
                 if error is None:
                     error = self._child(self._errors, self.errors, error_labels)
                 error.inc()
+        if request.events:
+            self._record_events(items, request.events)
+
+    def record_events(self, flags: RequestFlags) -> None:
+        """Record the events ``flags`` tracked and not yet recorded, against the flags it
+        decided: for units of work no middleware ends (a job, a script)::
+
+            flags = RequestFlags(source.flagset, {"targetingKey": user_id})
+            with activate(flags):
+                run_job()  # calls flagwire.track("export", 3)
+            telemetry.record_events(flags)
+
+        Only the tracking counters change (there was no request to time). Events of flags
+        that decided nothing are dropped: there is no variant to count them for.
+        """
+        events = flags.take_tracked()
+        decisions = flags.served()
+        if events and decisions:
+            self._record_events(bounded(decisions, self.max_flags), events)
+
+    def _record_events(
+        self, items: Iterable[tuple[str, Assignment]], events: Sequence[TrackedEvent]
+    ) -> None:
+        labelled = [
+            (self._event_label(name), value)
+            for name, value in events
+            if value is None or value >= 0 or self._negative(name, value)
+        ]
+        children = self._event_children
+        for key, decision in items:
+            variant = variant_label(decision)
+            for event, value in labelled:
+                labels = (key, variant, event)
+                trio = children.get(labels)
+                if trio is None:
+                    trio = self._trio(labels)
+                trio[0].inc()
+                if value:  # None (no value) and 0 leave the sums as they are
+                    trio[1].inc(value)
+                    trio[2].inc(value * value)
+
+    def _event_label(self, name: str) -> str:
+        label = self._event_labels.get(name)
+        if label is not None:
+            return label
+        if self._events_closed or len(name) > MAX_EVENT_NAME:
+            return OVERFLOW
+        with self._lock:
+            labels = self._event_labels
+            if name not in labels:
+                if len(labels) >= self.max_events:
+                    self._events_closed = True
+                    logger.warning(
+                        "flagwire: more than %d tracked event names; new names are counted "
+                        'as event="%s" (declare them: PrometheusTelemetry(events=[...]))',
+                        self.max_events,
+                        OVERFLOW,
+                    )
+                    return OVERFLOW
+                labels[name] = name
+            return labels[name]
+
+    @staticmethod
+    def _negative(name: str, value: float) -> bool:
+        warn_once(
+            ("negative", name),
+            'flagwire: track("%s", %r): Prometheus counters only go up, so values must be '
+            ">= 0; the event is not recorded (logged once per event)",
+            name,
+            value,
+        )
+        return False
+
+    def _trio(self, labels: tuple[str, str, str]) -> tuple[Any, Any, Any]:
+        with self._lock:
+            trio = self._event_children.get(labels)
+            if trio is None:
+                trio = self._event_children[labels] = (
+                    self.events.labels(*labels),
+                    self.event_values.labels(*labels),
+                    self.event_squares.labels(*labels),
+                )
+            return trio
 
     def _pair(self, shape: tuple[Any, ...], decision: Any) -> tuple[Any, Any]:
         key, _, reason, method, route, status = shape

@@ -2,8 +2,9 @@
 
 Like ``examples/flask_app.py`` (``GET /checkout`` decides ``new-checkout``,
 ``search-ranking`` and ``eu-banner`` for the user in the ``x-*`` headers and says what it
-decided), plus ``GET /metrics``. Every response carries the serving worker's pid in
-``x-worker-pid``. The flag file is ``$FLAGWIRE_FLAGS``.
+decided), ``GET /buy`` (the same, then tracks a ``checkout`` with the value in
+``x-amount``, and a ``viewed`` without one), plus ``GET /metrics``. Every response carries
+the serving worker's pid in ``x-worker-pid``. The flag file is ``$FLAGWIRE_FLAGS``.
 
 Under gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` (to an empty
 directory) in the environment gunicorn starts with, so that prometheus_client is already
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import os
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+import flagwire
 from flagwire import FileSource, context
 from flagwire.flask import Flagwire, flags
 from flagwire.prometheus import PrometheusTelemetry
@@ -72,6 +74,15 @@ def checkout() -> dict[str, object]:
         "decided": {key: a.variant for key, a in decided.items()},
         "reasons": {key: a.reason.value for key, a in decided.items()},
     }
+
+
+@app.get("/buy")
+def buy() -> dict[str, object]:
+    """Like ``/checkout``, and the user buys for ``x-amount``."""
+    flagwire.track("viewed")
+    decided = checkout()
+    flags.track("checkout", float(request.headers["x-amount"]))
+    return decided
 
 
 @app.get("/metrics")

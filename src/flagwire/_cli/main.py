@@ -9,6 +9,7 @@ hygiene, say what a change does.
                    [--json]
     flagwire diff OLD NEW [--sample N] [--json]
     flagwire init [PATH] [--force]
+    flagwire report --prometheus URL --flag KEY [--since 24h] [--event NAME ...] [--json] ...
     flagwire --version
 """
 
@@ -32,6 +33,7 @@ from . import audit as _audit
 from . import control as _control
 from . import diff as _diff
 from . import init as _init
+from . import report as _report
 
 __all__ = ["main"]
 
@@ -267,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("path", nargs="?", default=_init.DEFAULT_PATH, metavar="PATH")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     _control.add_parsers(sub, _count, _require)
+    _report.add_parser(sub)
     return parser
 
 
@@ -292,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _init_cmd(args)
     if args.command in _control.COMMANDS:
         return _control.run(args)
+    if args.command == "report":
+        return _report.run(args)
     return _explain(args)
 
 

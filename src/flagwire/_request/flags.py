@@ -3,7 +3,8 @@
 A request pins one flag set when it starts. Each flag is evaluated the first time the
 request asks for it, against that flag set and the request's context, and the decision
 is memoised: asking again (with any default) never changes it. The user context is
-built lazily, the first time a flag needs it.
+built lazily, the first time a flag needs it. Outcomes the request tracks
+(:meth:`RequestFlags.track`) are kept with it until telemetry records them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from flagwire._engine.flagset import FlagSet
 from flagwire._sources.base import Source
 from flagwire._types import Context
 
+from .tracking import Tracking
+
 __all__ = [
     "RequestFlags",
     "activate",
     "current_flags",
     "default_source",
     "set_default_source",
+    "track",
 ]
 
 logger = logging.getLogger("flagwire")
@@ -88,7 +92,7 @@ def _typed_getter(types: tuple[type, ...], flag_type: FlagType, default: Any, do
     return _getter("type(value) in _types", flag_type, default, doc, _types=types)
 
 
-class RequestFlags:
+class RequestFlags(Tracking):
     """The flags of one request (or one unit of work).
 
     Get it with :func:`flagwire.current_flags`. Every getter takes the flag key and the
@@ -99,9 +103,10 @@ class RequestFlags:
         flagset: The flag set pinned for this request.
     """
 
-    # _served and _upstream are rarely set: class defaults, and an instance dict only for
-    # the requests that set them (one attribute store fewer per request).
-    __slots__ = ("__dict__", "_context", "_deciders", "_memo", "flagset")
+    # _served, _upstream (and Tracking's _events) are rarely set: class defaults, and an
+    # instance dict only for the requests that set them (one attribute store fewer per
+    # request).
+    __slots__ = ("_context", "_deciders", "_memo", "flagset")  # __dict__ from Tracking
     _served: dict[str, list[Assignment]] | None = None
     _upstream: Mapping[str, str] | None = None
 
@@ -332,8 +337,30 @@ class RequestFlags:
         """The decisions this request made so far, by flag key (in the order made)."""
         return MappingProxyType(dict(self._memo))
 
+    def served(self) -> dict[str, Assignment]:
+        """What the code ran on, by flag key: the decisions, with the caller's default in
+        place of a variant of another type than asked for (what telemetry records)."""
+        served = dict(self._memo)
+        if self._served:
+            for key, seen in self._served.items():
+                served[key] = seen[-1]
+        return served
+
+    def reads(self) -> dict[str, tuple[Assignment, ...]]:
+        """For a flag whose reads were served different assignments (read as a string,
+        then as a boolean), each distinct one in the order served."""
+        return {key: tuple(seen) for key, seen in (self._served or {}).items() if len(seen) > 1}
+
     def __repr__(self) -> str:
         return f"<RequestFlags {self.flagset.version_label} evaluated={list(self._memo)}>"
+
+
+def track(event: str, value: float | None = None) -> None:
+    """Record that ``event`` happened in the current request, for every flag it decides.
+
+    The same as ``current_flags().track(event, value)``: see :meth:`RequestFlags.track`.
+    """
+    current_flags().track(event, value)
 
 
 _current: ContextVar[RequestFlags | None] = ContextVar("flagwire.current_flags", default=None)
@@ -397,7 +424,9 @@ def current_flags(context: Context | None = None) -> RequestFlags:
         return flags
     source = _default_source
     flagset = source.flagset if source is not None else EMPTY_FLAGSET
-    return RequestFlags(flagset, context or _EMPTY)
+    fresh = RequestFlags(flagset, context or _EMPTY)
+    fresh._detached = True
+    return fresh
 
 
 @contextmanager
