@@ -12,7 +12,10 @@ or, as event hooks: ``httpx.Client(event_hooks={"request": [request_hook]})`` an
 ``httpx.AsyncClient(event_hooks={"request": [async_request_hook]})``.
 
 Only destinations the :class:`~flagwire.Propagation` allows get flagwire's members; the
-app's own ``baggage`` members always pass.
+app's own ``baggage`` members always pass. The transports send a copy of the request with
+the flags, leaving the client's request as it was, so a redirect that goes out through
+another mount (a plain transport for another origin) carries none of them; the event hooks
+run again on every redirect hop.
 """
 
 from __future__ import annotations
@@ -37,6 +40,27 @@ def request_hook(request: httpx.Request) -> None:
         del request.headers["baggage"]
 
 
+def _with_flags(request: httpx.Request) -> httpx.Request:
+    """``request`` itself if its baggage stays as it is, else a copy with the flags (the
+    client builds a redirect from its own request, which must not carry them on)."""
+    existing = request.headers.get("baggage")
+    value = outbound_baggage(request.url.host, existing)
+    if value == existing:
+        return request
+    headers = request.headers.copy()
+    if value is None:
+        del headers["baggage"]
+    else:
+        headers["baggage"] = value
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=headers,
+        stream=request.stream,
+        extensions=request.extensions,
+    )
+
+
 async def async_request_hook(request: httpx.Request) -> None:
     """:func:`request_hook` for ``httpx.AsyncClient``."""
     request_hook(request)
@@ -49,8 +73,7 @@ class FlagwireTransport(httpx.BaseTransport):
         self._transport = transport or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request_hook(request)
-        return self._transport.handle_request(request)
+        return self._transport.handle_request(_with_flags(request))
 
     def close(self) -> None:
         self._transport.close()
@@ -63,8 +86,7 @@ class AsyncFlagwireTransport(httpx.AsyncBaseTransport):
         self._transport = transport or httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        request_hook(request)
-        return await self._transport.handle_async_request(request)
+        return await self._transport.handle_async_request(_with_flags(request))
 
     async def aclose(self) -> None:
         await self._transport.aclose()

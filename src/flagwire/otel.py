@@ -20,13 +20,13 @@ Inbound assignments are read by flagwire's middleware, not here.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 
-from .propagation import outbound_baggage
+from .propagation import host_of, outbound_baggage
 
 try:
     from opentelemetry import trace
@@ -61,7 +61,10 @@ _URL_ATTRIBUTES = ("url.full", "http.url")
 _HOST_ATTRIBUTES = ("server.address", "net.peer.name", "http.host")
 
 
-_next_destination: ContextVar[str | None] = ContextVar("flagwire.otel.destination", default=None)
+_next_destination: ContextVar[tuple[Any, str | None] | None] = ContextVar(
+    "flagwire.otel.destination", default=None
+)
+_requests_guarded = False
 
 
 def request_hook(span: Any, request: Any) -> None:
@@ -77,15 +80,29 @@ def request_hook(span: Any, request: Any) -> None:
         url = url.decode("latin-1")
     host = getattr(url, "host", None) if url is not None and not isinstance(url, str) else None
     if host is None and url is not None:
-        host = urlsplit(str(url)).hostname
-    _next_destination.set(host or None)
+        host = host_of(str(url))
+    _next_destination.set((span, host or None))
+
+
+def _guard_requests() -> None:
+    # OpenTelemetry's requests instrumentation does not propagate on redirect hops (they
+    # run with instrumentation suppressed): the headers of the first hop go on as they
+    # are. flagwire.requests makes every session drop flagwire's members on a redirect to
+    # a destination that is not allowed.
+    global _requests_guarded
+    if not _requests_guarded and "requests" in sys.modules:
+        _requests_guarded = True
+        from .requests import guard_redirects
+
+        guard_redirects()
 
 
 def _destination(carrier: Any) -> str | None:
     hinted = _next_destination.get()
     if hinted is not None:
         _next_destination.set(None)  # for this request only
-        return hinted
+        if hinted[0] is trace.get_current_span():  # and only for its own span
+            return hinted[1]
     if isinstance(carrier, Mapping) or hasattr(carrier, "get"):
         try:
             host = carrier.get("host") or carrier.get("Host")
@@ -103,7 +120,7 @@ def _destination(carrier: Any) -> str | None:
     for name in _URL_ATTRIBUTES:
         value = attributes.get(name)
         if value:
-            return urlsplit(str(value)).hostname
+            return host_of(str(value))
     return None
 
 
@@ -126,6 +143,7 @@ class FlagwirePropagator(TextMapPropagator):
         context: Context | None = None,
         setter: Setter[CarrierT] = default_setter,
     ) -> None:
+        _guard_requests()
         try:
             existing = carrier.get("baggage")  # type: ignore[attr-defined]
         except Exception:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import urllib.request
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ._engine.flagset import FlagSet
@@ -34,6 +35,7 @@ __all__ = [
     "KeyRing",
     "Propagated",
     "Propagation",
+    "RedirectHandler",
     "bind",
     "default_propagation",
     "flags_from_headers",
@@ -41,6 +43,7 @@ __all__ = [
     "inject",
     "job_headers",
     "outbound_baggage",
+    "redirect_baggage",
     "set_default_propagation",
 ]
 
@@ -52,7 +55,10 @@ def host_of(destination: str | None) -> str | None:
     if not destination:
         return None
     if "://" in destination:
-        return urlsplit(destination).hostname
+        try:
+            return urlsplit(destination).hostname
+        except ValueError:  # an invalid IPv6 literal: no host anyone may send to
+            return None
     return destination
 
 
@@ -84,13 +90,59 @@ def inject(
     flags: RequestFlags | None = None,
     propagation: Propagation | None = None,
 ) -> None:
-    """Set (or remove) the ``baggage`` header of an outgoing request, in place."""
+    """Set (or remove) the ``baggage`` header of an outgoing request, in place.
+
+    The header is right for ``destination`` only. A client that follows redirects and
+    copies the request's headers to the next hop (urllib does, and so do requests and httpx
+    without flagwire's adapters) would hand the targeting key and assignments to wherever
+    the redirect points. So with ``inject()``, either do not follow redirects, or strip
+    flagwire's members on each hop with :func:`redirect_baggage` -- for urllib, build the
+    opener with :class:`RedirectHandler`:
+    ``urllib.request.build_opener(flagwire.propagation.RedirectHandler())``.
+    (:mod:`flagwire.httpx`, :mod:`flagwire.requests` and :mod:`flagwire.otel` do this
+    themselves.)
+    """
     existing = headers.get("baggage")
     value = outbound_baggage(destination, existing, flags=flags, propagation=propagation)
     if value is not None:
         headers["baggage"] = value
     elif existing is not None:
         del headers["baggage"]
+
+
+def redirect_baggage(
+    existing: str | None, target: str | None, *, propagation: Propagation | None = None
+) -> str | None:
+    """The ``baggage`` a redirect to ``target`` (a URL or host) may carry on from the
+    previous hop: all of it for an allowed destination, else no flagwire member."""
+    propagation = propagation or default_propagation()
+    if propagation.allows(host_of(target)):
+        return existing
+    return merge_baggage(existing, ())
+
+
+class RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handler, minus flagwire's members for a non-allowed target."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            for name, value in list(new.header_items()):
+                if name.lower() != "baggage":
+                    continue
+                kept = redirect_baggage(value, newurl)
+                new.remove_header(name)
+                if kept is not None:
+                    new.add_header(name, kept)
+        return new
 
 
 def job_headers(
