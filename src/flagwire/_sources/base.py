@@ -131,7 +131,15 @@ class SourceBase:
                 failures=self._status.failures + 1,
             )
             version = self.flagset.version_label
-        logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
+            loaded = self._status.loads > 0
+        if loaded:
+            logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
+        else:
+            logger.error(
+                "flagwire: %s; no flag set loaded yet: every flag gives its code default "
+                "until a valid one loads",
+                error,
+            )
 
 
 class StaticSource:
