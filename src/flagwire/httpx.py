@@ -20,7 +20,7 @@ run again on every redirect hop.
 
 from __future__ import annotations
 
-from .propagation import outbound_baggage
+from .propagation import outbound_baggage, without_anonymous_cookie
 
 try:
     import httpx
@@ -30,28 +30,35 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 __all__ = ["AsyncFlagwireTransport", "FlagwireTransport", "async_request_hook", "request_hook"]
 
 
+def _fix(headers: httpx.Headers, host: str) -> bool:
+    """Put the flags in ``headers`` and drop the anonymous-id cookie; whether it changed."""
+    changed = False
+    for name, value in (
+        ("baggage", outbound_baggage(host, headers.get("baggage"))),
+        ("cookie", without_anonymous_cookie(headers.get("cookie"))),
+    ):
+        if value == headers.get(name):
+            continue
+        changed = True
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    return changed
+
+
 def request_hook(request: httpx.Request) -> None:
-    """An httpx request event hook adding the current request's flags to ``baggage``."""
-    existing = request.headers.get("baggage")
-    value = outbound_baggage(request.url.host, existing)
-    if value is not None:
-        request.headers["baggage"] = value
-    elif existing is not None:
-        del request.headers["baggage"]
+    """An httpx request event hook adding the current request's flags to ``baggage``
+    (and dropping flagwire's anonymous-id cookie, which a shared client may have stored)."""
+    _fix(request.headers, request.url.host)
 
 
 def _with_flags(request: httpx.Request) -> httpx.Request:
-    """``request`` itself if its baggage stays as it is, else a copy with the flags (the
+    """``request`` itself if its headers stay as they are, else a copy with the flags (the
     client builds a redirect from its own request, which must not carry them on)."""
-    existing = request.headers.get("baggage")
-    value = outbound_baggage(request.url.host, existing)
-    if value == existing:
-        return request
     headers = request.headers.copy()
-    if value is None:
-        del headers["baggage"]
-    else:
-        headers["baggage"] = value
+    if not _fix(headers, request.url.host):
+        return request
     return httpx.Request(
         request.method,
         request.url,

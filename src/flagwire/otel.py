@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from functools import cache
 from typing import Any
 
-from .propagation import host_of, outbound_baggage
+from .propagation import host_of, outbound_baggage, without_anonymous_cookie
 
 try:
     from opentelemetry import trace
@@ -154,14 +154,27 @@ class FlagwirePropagator(TextMapPropagator):
         if value is not None:
             setter.set(carrier, "baggage", value)
         elif existing:
-            try:
-                del carrier["baggage"]  # type: ignore[attr-defined]
-            except Exception:
-                setter.set(carrier, "baggage", "")
+            _remove(carrier, "baggage", setter)
+        try:
+            cookie = carrier.get("cookie")  # type: ignore[attr-defined]
+        except Exception:
+            cookie = None
+        if isinstance(cookie, str) and (kept := without_anonymous_cookie(cookie)) != cookie:
+            if kept is None:
+                _remove(carrier, "cookie", setter)
+            else:
+                setter.set(carrier, "cookie", kept)
 
     @property
     def fields(self) -> set[str]:
         return {"baggage"}
+
+
+def _remove(carrier: Any, name: str, setter: Setter[Any]) -> None:
+    try:
+        del carrier[name]
+    except Exception:
+        setter.set(carrier, name, "")
 
 
 def install_propagator() -> None:
@@ -236,16 +249,21 @@ class OTelTelemetry:
         """A server span for the request when nothing else made one (ASGI only), else None.
 
         Used with ``server_spans=True`` in apps without OpenTelemetry's ASGI
-        instrumentation: the span is named ``METHOD route`` and carries
+        instrumentation: the span is named ``METHOD route`` (``_OTHER route`` for a
+        method that is not a standard one) and carries
         ``http.request.method``, ``url.path``, ``http.route`` and
         ``http.response.status_code``.
         """
         if self._tracer is None or trace.get_current_span().is_recording():
             return None
+        from ._telemetry import method_label
+
+        known = method_label(method)  # span names stay bounded: "_OTHER" for the rest
+        attributes = {"http.request.method": known, "url.path": scope.get("path", "")}
+        if known != method:
+            attributes["http.request.method_original"] = method
         return self._tracer.start_as_current_span(
-            method,
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope.get("path", "")},
+            known, kind=trace.SpanKind.SERVER, attributes=attributes
         )
 
     def record(self, request: Any) -> None:

@@ -24,7 +24,9 @@ Metrics (names follow Prometheus conventions; labels are bounded):
 - ``flagwire_flags_expired`` (gauge; source): flags past their expiry now.
 
 ``variant`` is ``_none`` for a decision without a variant; past ``max_flags`` decided flags in
-one request the rest are counted under ``flag="_other"``. Works in prometheus_client's
+one request the rest are counted under ``flag="_other"``, and flags the flag set does not
+define under ``flag="_unknown"``. The metrics are created once per registry and shared by
+every :class:`PrometheusTelemetry` on it. Works in prometheus_client's
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, gunicorn): the counters and the histogram
 are aggregated by its collector; the source gauges describe the worker that serves the
 scrape, which reads the same files as the others.
@@ -34,11 +36,21 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._engine.assignment import ErrorCode
 from ._sources.base import Source
-from ._telemetry import RequestRecord, bounded, expiries, status_class, variant_label
+from ._telemetry import (
+    UNKNOWN_FLAG,
+    RequestRecord,
+    bounded,
+    expiries,
+    label_text,
+    status_class,
+    variant_label,
+)
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -54,27 +66,10 @@ __all__ = ["DEFAULT_BUCKETS", "PrometheusTelemetry", "SourceCollector"]
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
-class PrometheusTelemetry:
-    """Records each request's decided flags in Prometheus metrics.
+class _Metrics:
+    """The metrics of one registry and their children, shared by every telemetry on it."""
 
-    Args:
-        registry: Where to register (default: prometheus_client's global registry).
-            Build one telemetry per registry: registering twice raises
-            ``ValueError: Duplicated timeseries``.
-        sources: Sources whose health, flag-set version and expiring flags to export.
-        max_flags: Decided flags labelled per request; the rest count as ``_other``.
-        buckets: Histogram buckets (seconds).
-    """
-
-    def __init__(
-        self,
-        *,
-        registry: CollectorRegistry | None = REGISTRY,
-        sources: Iterable[Source] = (),
-        max_flags: int = 20,
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
-    ) -> None:
-        self.max_flags = max_flags
+    def __init__(self, registry: CollectorRegistry | None, buckets: Sequence[float]) -> None:
         self.duration = Histogram(
             "flagwire_request_duration_seconds",
             "Request duration, observed once per flag the request decided, by variant.",
@@ -94,14 +89,65 @@ class PrometheusTelemetry:
             ["flag", "error_code"],
             registry=registry,
         )
-        self.sources = SourceCollector(sources)
+        self.sources = SourceCollector()
         if registry is not None:
             registry.register(self.sources)
         # .labels() takes a lock per call: the children are kept per label values.
-        self._children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        self._counts: dict[tuple[str, ...], Any] = {}
-        self._errors: dict[tuple[str, ...], Any] = {}
-        self._lock = threading.Lock()
+        self.children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self.counts: dict[tuple[str, ...], Any] = {}
+        self.error_children: dict[tuple[str, ...], Any] = {}
+        self.lock = threading.Lock()
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_BY_REGISTRY_LOCK = threading.Lock()
+_CHILDREN_MAX = 20_000  # label children are bounded anyway; the lookup cache is too
+
+
+def _metrics(registry: CollectorRegistry | None, buckets: Sequence[float]) -> _Metrics:
+    if registry is None:
+        return _Metrics(None, buckets)
+    with _BY_REGISTRY_LOCK:
+        found = _BY_REGISTRY.get(registry)
+        if found is None:
+            found = _BY_REGISTRY[registry] = _Metrics(registry, buckets)
+        return found
+
+
+class PrometheusTelemetry:
+    """Records each request's decided flags in Prometheus metrics.
+
+    Args:
+        registry: Where to register (default: prometheus_client's global registry). The
+            metrics are created once per registry and shared: a second telemetry on the
+            same registry (an app factory called twice, an app per test) records into
+            the same metrics, and its sources are exported too.
+        sources: Sources whose health, flag-set version and expiring flags to export.
+        max_flags: Decided flags labelled per request; the rest count as ``_other``.
+            Flags the flag set does not define all count as ``_unknown``.
+        buckets: Histogram buckets (seconds), used by the first telemetry of a registry.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = REGISTRY,
+        sources: Iterable[Source] = (),
+        max_flags: int = 20,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        self.max_flags = max_flags
+        metrics = self._metrics = _metrics(registry, buckets)
+        self.duration = metrics.duration
+        self.evaluations = metrics.evaluations
+        self.errors = metrics.errors
+        self.sources = metrics.sources
+        for source in sources:
+            self.sources.add(source)
+        self._children = metrics.children
+        self._counts = metrics.counts
+        self._errors = metrics.error_children
+        self._lock = metrics.lock
 
     def record(self, request: RequestRecord) -> None:
         method = request.method
@@ -116,14 +162,17 @@ class PrometheusTelemetry:
         )
         children = self._children
         for key, decision in items:
+            error_code = decision.error_code
+            if error_code is ErrorCode.FLAG_NOT_FOUND:
+                key = UNKNOWN_FLAG
             shape = (key, decision.variant, decision.reason, method, route, status)
             pair = children.get(shape)
             if pair is None:
                 pair = self._pair(shape, decision)
             pair[0].observe(duration)
             pair[1].inc()
-            if decision.error_code is not None:
-                error_labels = (key, decision.error_code.value)
+            if error_code is not None:
+                error_labels = (key, error_code.value)
                 error = self._errors.get(error_labels)
                 if error is None:
                     error = self._child(self._errors, self.errors, error_labels)
@@ -131,16 +180,19 @@ class PrometheusTelemetry:
 
     def _pair(self, shape: tuple[Any, ...], decision: Any) -> tuple[Any, Any]:
         key, _, reason, method, route, status = shape
-        variant = variant_label(decision)
+        key, route = label_text(key), label_text(route)
+        variant = label_text(variant_label(decision))
         with self._lock:
             pair = self._children.get(shape)
             if pair is None:
                 count_labels = (key, variant, reason.value)
                 count = self._counts.get(count_labels)
                 if count is None:
-                    count = self._counts[count_labels] = self.evaluations.labels(*count_labels)
+                    count = self.evaluations.labels(*count_labels)
+                    self._counts[count_labels] = count
                 pair = (self.duration.labels(key, variant, method, route, status), count)
-                self._children[shape] = pair
+                if len(self._children) < _CHILDREN_MAX:
+                    self._children[shape] = pair
             return pair
 
     def _child(
@@ -149,7 +201,8 @@ class PrometheusTelemetry:
         with self._lock:
             child = cache.get(labels)
             if child is None:
-                child = cache[labels] = metric.labels(*labels)
+                child = metric.labels(*(label_text(label) for label in labels))
+                cache[labels] = child
             return child
 
 
@@ -160,8 +213,9 @@ class SourceCollector(Collector):
         self._sources = list(sources)
 
     def add(self, source: Source) -> None:
-        """Export one more source."""
-        self._sources.append(source)
+        """Export one more source (once, however often it is added)."""
+        if not any(known is source for known in self._sources):
+            self._sources.append(source)
 
     def collect(self) -> Iterable[Any]:
         info = GaugeMetricFamily(
@@ -189,18 +243,18 @@ class SourceCollector(Collector):
             "flagwire_flags_expired", "Flags past their expiry date now.", labels=["source"]
         )
         now = time.time()
-        for source in self._sources:
+        for source in list(self._sources):
             flagset = source.flagset
-            name = flagset.source or repr(source)
+            name = label_text(flagset.source or repr(source))
             status = source.status
-            info.add_metric([name, status.version], 1)
+            info.add_metric([name, label_text(status.version)], 1)
             if status.last_good_load is not None:
                 loaded.add_metric([name], status.last_good_load.timestamp())
             up.add_metric([name], 1 if status.ok else 0)
             failures.add_metric([name], status.failures)
             count = 0
             for key, owner, when in expiries(flagset):
-                expiry.add_metric([name, key, owner], when)
+                expiry.add_metric([name, label_text(key), label_text(owner)], when)
                 count += when < now
             expired.add_metric([name], count)
         yield from (info, loaded, up, failures, expiry, expired)

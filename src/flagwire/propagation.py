@@ -31,6 +31,7 @@ from ._request.flags import RequestFlags, activate, current_flags
 from ._sources.base import Source
 
 __all__ = [
+    "ANONYMOUS_COOKIE",
     "DEFAULT_ALLOWED_HOSTS",
     "KeyRing",
     "Propagated",
@@ -45,6 +46,7 @@ __all__ = [
     "outbound_baggage",
     "redirect_baggage",
     "set_default_propagation",
+    "without_anonymous_cookie",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,7 +92,8 @@ def inject(
     flags: RequestFlags | None = None,
     propagation: Propagation | None = None,
 ) -> None:
-    """Set (or remove) the ``baggage`` header of an outgoing request, in place.
+    """Set (or remove) the ``baggage`` header of an outgoing request, in place (and drop
+    flagwire's anonymous-id cookie from its ``Cookie`` header).
 
     The header is right for ``destination`` only. A client that follows redirects and
     copies the request's headers to the next hop (urllib does, and so do requests and httpx
@@ -108,6 +111,29 @@ def inject(
         headers["baggage"] = value
     elif existing is not None:
         del headers["baggage"]
+    for name in [n for n in headers if n.lower() == "cookie"]:
+        cookie = without_anonymous_cookie(headers[name])
+        if cookie is None:
+            del headers[name]
+        else:
+            headers[name] = cookie
+
+
+ANONYMOUS_COOKIE = "flagwire_id"
+
+
+def without_anonymous_cookie(cookie: str | None) -> str | None:
+    """A ``Cookie`` header without flagwire's anonymous-id cookie (``None`` if nothing is
+    left). A service that calls another must not carry a browser's anonymous id, nor one
+    the downstream set on a shared client: every user would become that one visitor."""
+    if not cookie or ANONYMOUS_COOKIE not in cookie:
+        return cookie
+    kept = [
+        part
+        for part in cookie.split(";")
+        if part.strip() and part.split("=", 1)[0].strip() != ANONYMOUS_COOKIE
+    ]
+    return ";".join(kept).strip() or None
 
 
 def redirect_baggage(
@@ -188,6 +214,9 @@ def bind(fn: F) -> F:
     Works for plain and ``async`` functions (asyncio tasks already inherit the flags).
     """
     flags = current_flags()
+    # The request's context is built here, where the request is: a thread has no Flask
+    # request context (nor a framework request) for an extractor to read later.
+    flags._ensure_context()
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)

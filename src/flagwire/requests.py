@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from .propagation import outbound_baggage, redirect_baggage
+from .propagation import outbound_baggage, redirect_baggage, without_anonymous_cookie
 
 try:
     import requests
@@ -32,7 +32,8 @@ __all__ = ["FlagwireAdapter", "guard_redirects", "install"]
 
 
 class FlagwireAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` that adds the current request's flags to ``baggage``."""
+    """An ``HTTPAdapter`` that adds the current request's flags to ``baggage`` (and drops
+    flagwire's anonymous-id cookie, which a shared session may have stored)."""
 
     def add_headers(self, request: requests.PreparedRequest, **kwargs: Any) -> None:
         super().add_headers(request, **kwargs)
@@ -45,6 +46,13 @@ class FlagwireAdapter(HTTPAdapter):
             headers["baggage"] = value
         elif existing is not None:
             del headers["baggage"]
+        cookie = headers.get("Cookie")
+        if isinstance(cookie, str):
+            kept = without_anonymous_cookie(cookie)
+            if kept is None:
+                del headers["Cookie"]
+            else:
+                headers["Cookie"] = kept
 
 
 def install(session: requests.Session, **adapter_options: Any) -> requests.Session:

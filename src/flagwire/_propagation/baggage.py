@@ -23,14 +23,32 @@ _SAFE: Final = "-._~"
 _PLAIN = re.compile(r"[A-Za-z0-9\-._~]*")
 
 
-@lru_cache(maxsize=8192)  # flag keys, variants and versions repeat across requests
+_CACHED_MAX: Final = 128
+"""Only texts this short are cached (flag keys, variants, versions repeat; a forged 8 KB
+value must not fill memory: the caches are bounded in entries and in bytes)."""
+
+
+@lru_cache(maxsize=4096)
+def _encode(text: str) -> str:
+    if _PLAIN.fullmatch(text):
+        return text
+    # A lone surrogate (JSON allows "\ud800") has no UTF-8 form: keep it as its bytes.
+    return quote(text, safe=_SAFE, errors="surrogatepass")
+
+
+@lru_cache(maxsize=4096)
+def _decode(text: str) -> str:
+    return unquote(text, errors="replace")
+
+
 def encode(text: str) -> str:
-    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
+    return _encode(text) if len(text) <= _CACHED_MAX else _encode.__wrapped__(text)
 
 
-@lru_cache(maxsize=8192)
 def decode(text: str) -> str:
-    return unquote(text) if "%" in text else text
+    if "%" not in text:
+        return text
+    return _decode(text) if len(text) <= _CACHED_MAX else _decode.__wrapped__(text)
 
 
 def signed(targeting_key: str, version: str, expires: int, lines: Sequence[str]) -> bytes:

@@ -164,7 +164,7 @@ class Destinations:
         if cached is not None:
             return cached
         allowed = self._allows(normalise_host(host))
-        if len(self._allowed_cache) < _CACHE_MAX:
+        if len(self._allowed_cache) < _CACHE_MAX and len(host) <= 300:
             self._allowed_cache[host] = allowed
         return allowed
 
