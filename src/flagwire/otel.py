@@ -33,7 +33,6 @@ try:
     from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.context import Context
-    from opentelemetry.propagate import set_global_textmap
     from opentelemetry.propagators.composite import CompositePropagator
     from opentelemetry.propagators.textmap import (
         CarrierT,
@@ -45,8 +44,12 @@ try:
     )
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-except ImportError as exc:  # pragma: no cover - exercised without the extra
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised without the extra
+    if not (exc.name or "").startswith("opentelemetry"):
+        raise
     raise ImportError("flagwire.otel needs OpenTelemetry: pip install 'flagwire[otel]'") from exc
+# Not opentelemetry.propagate at import time: with OTEL_PROPAGATORS=...,flagwire that module
+# imports this one while it is being initialised (it loads the propagators on import).
 
 __all__ = [
     "EVENT_NAME",
@@ -179,6 +182,8 @@ def _remove(carrier: Any, name: str, setter: Setter[Any]) -> None:
 
 def install_propagator() -> None:
     """Set OpenTelemetry's global propagator to tracecontext, baggage, flagwire."""
+    from opentelemetry.propagate import set_global_textmap
+
     set_global_textmap(
         CompositePropagator(
             [TraceContextTextMapPropagator(), W3CBaggagePropagator(), FlagwirePropagator()]
