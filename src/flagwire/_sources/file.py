@@ -7,9 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from flagwire._engine.flagset import FlagSet
 from flagwire._errors import FlagsetError, SourceError
 
+from .base import load_text
 from .polling import PollingSource
 
 logger = logging.getLogger("flagwire")
@@ -125,7 +125,7 @@ class FileSource(PollingSource):
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise FlagsetError(f"cannot read file: {exc}", path=str(self.path)) from exc
-        self._accept(FlagSet.from_text(text, source=str(self.path), fractional=self._fractional))
+        self._accept(load_text(text, source=str(self.path), fractional=self._fractional))
         return True
 
     def _settled(self, signature: tuple[int, int, int]) -> bool:

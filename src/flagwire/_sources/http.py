@@ -50,9 +50,9 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flagwire._engine.flagset import FlagSet
 from flagwire._errors import ConfigError, FlagsetError, SourceError
 
+from .base import load_text
 from .cache import DocumentCache
 from .http_fetch import (
     Deadline,
@@ -262,9 +262,7 @@ class HttpSource(PollingSource):
             text = fetched.body.decode(charset(fetched.content_type))
         except (UnicodeDecodeError, LookupError) as exc:
             raise FlagsetError(f"cannot decode the document: {exc}", path=self.display_url) from exc
-        flagset = FlagSet.from_text(
-            text, format=fmt, source=self.display_url, fractional=self._fractional
-        )
+        flagset = load_text(text, format=fmt, source=self.display_url, fractional=self._fractional)
         self.etag = fetched.etag
         self.last_modified = fetched.last_modified
         self._accept(flagset)
@@ -322,7 +320,7 @@ class HttpSource(PollingSource):
         if isinstance(cached, str):
             return cached
         try:
-            flagset = FlagSet.from_text(
+            flagset = load_text(
                 cached.text,
                 format=cached.format,
                 source=self.display_url,
