@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -75,7 +76,7 @@ class Server:
 def start(
     name: str, command: list[str], env: dict[str, str], stack: ExitStack, logs: Path
 ) -> Server:
-    log = logs / f"{name.replace(' ', '-')}.log"
+    log = logs / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".log")
     with log.open("wb") as out:  # a file, not a pipe nobody reads: a chatty server never blocks
         process = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

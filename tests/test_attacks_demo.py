@@ -31,11 +31,13 @@ def test_a_server_that_exits_is_named_with_its_output(tmp_path: Path) -> None:
         "import sys; sys.stderr.write('boom: no flask_app'); sys.exit(3)",
     ]
     with ExitStack() as stack:
-        server = demo.start("the checkout service", failing, {}, stack, tmp_path)
+        server = demo.start(
+            "the checkout service (gunicorn, examples/flask_app.py)", failing, {}, stack, tmp_path
+        )
         with pytest.raises(SystemExit) as stopped:
             demo.wait_ready(server, f"http://127.0.0.1:{free_port()}/healthz", timeout=10)
     message = str(stopped.value)
-    assert "the checkout service exited with code 3" in message and "boom: no flask_app" in message
+    assert "flask_app.py) exited with code 3" in message and "boom: no flask_app" in message
 
 
 def test_a_server_that_never_answers_is_named_with_its_output(tmp_path: Path) -> None:
