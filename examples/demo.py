@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -60,14 +61,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(command: list[str], env: dict[str, str], stack: ExitStack) -> None:
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+class Server:
+    """A server the demo started: its process and the file its output goes to."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.name = name
+        self.process = process
+        self.log = log
+
+    def output(self, limit: int = 6000) -> str:
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-limit:].strip() or "(no output)"
+
+
+def start(
+    name: str, command: list[str], env: dict[str, str], stack: ExitStack, logs: Path
+) -> Server:
+    log = logs / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".log")
+    with log.open("wb") as out:  # a file, not a pipe nobody reads: a chatty server never blocks
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def stop() -> None:
         if process.poll() is None:
@@ -78,18 +95,30 @@ def start(command: list[str], env: dict[str, str], stack: ExitStack) -> None:
                 os.killpg(process.pid, signal.SIGKILL)
 
     stack.callback(stop)
+    return Server(name, process, log)
 
 
-def wait_ready(url: str, timeout: float = 20.0) -> None:
+def wait_ready(server: Server, url: str, timeout: float = 20.0) -> None:
+    """Wait for ``url`` to answer 200; if the server exits or never answers, say why with
+    its own output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        code = server.process.poll()
+        if code is not None:
+            raise SystemExit(
+                f"demo: {server.name} exited with code {code} before it came up "
+                f"({url}). Its output:\n{server.output()}"
+            )
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise SystemExit(f"demo: {url} did not come up within {timeout:.0f} s")
+    raise SystemExit(
+        f"demo: {server.name} ({url}) did not come up within {timeout:.0f} s. "
+        f"Its output so far:\n{server.output()}"
+    )
 
 
 def cell(body: dict[str, Any]) -> str:
@@ -254,7 +283,8 @@ def main() -> int:
     spans_dir = Path(tempfile.mkdtemp(prefix="flagwire-demo-"))
     span_files = [spans_dir / "service.jsonl", spans_dir / "gateway.jsonl"]
     with ExitStack() as stack:
-        start(
+        checkout_service = start(
+            "the checkout service (gunicorn, examples/flask_app.py)",
             [
                 sys.executable,
                 "-m",
@@ -280,8 +310,10 @@ def main() -> int:
                 "EXAMPLE_NEW_CHECKOUT_EXTRA_MS": "20",
             },
             stack,
+            spans_dir,
         )
-        start(
+        gateway_server = start(
+            "the gateway (uvicorn, examples/gateway.py)",
             [
                 sys.executable,
                 "-m",
@@ -306,9 +338,10 @@ def main() -> int:
                 "OTEL_SERVICE_NAME": "gateway",
             },
             stack,
+            spans_dir,
         )
-        for url in (service, gateway):
-            wait_ready(f"{url}/healthz")
+        for server, url in ((checkout_service, service), (gateway_server, gateway)):
+            wait_ready(server, f"{url}/healthz")
         asyncio.run(traffic(gateway, service))
         for name, url in (("the gateway", gateway), ("the service", service)):
             scrape = httpx.get(f"{url}/metrics", trust_env=False, follow_redirects=True)

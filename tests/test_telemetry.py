@@ -515,8 +515,9 @@ def test_missing_flag_and_wrong_type_count_as_evaluation_errors(
     replies = service.send([Call("GET", "/mistyped", user_headers(i)) for i in range(5)])
     assert all(r.status == 200 for r in replies)
     found = errors(registry)
-    assert found["missing-flag", "FLAG_NOT_FOUND"] == 5
-    assert evaluations(registry)["missing-flag", NO_VARIANT, "ERROR"] == 5
+    # a flag the flag set does not define: one label for all of them (bounded)
+    assert found["_unknown", "FLAG_NOT_FOUND"] == 5
+    assert evaluations(registry)["_unknown", NO_VARIANT, "ERROR"] == 5
     # "banner" is a string flag read with flags.boolean(): the caller got its default, a
     # TYPE_MISMATCH — and the metrics must say so, not that "red" was served.
     assert found.get(("banner", "TYPE_MISMATCH")) == 5, found
@@ -717,9 +718,9 @@ def test_metric_children_are_cached_per_label_values(
     assert len(calls["duration"]) == 3 * 2  # flags x status classes, each once
     assert len(set(calls["duration"])) == len(calls["duration"])
     assert len(calls["evaluations"]) == 3
-    assert calls["errors"] == [("missing-flag", "FLAG_NOT_FOUND")]
+    assert calls["errors"] == [("_unknown", "FLAG_NOT_FOUND")]
     assert durations(registry)["banner", "red", "GET", "/r", "5xx"] == 50
-    assert errors(registry) == {("missing-flag", "FLAG_NOT_FOUND"): 100}
+    assert errors(registry) == {("_unknown", "FLAG_NOT_FOUND"): 100}
 
 
 def test_recording_from_many_threads_loses_no_count(registry: CollectorRegistry) -> None:
@@ -760,12 +761,15 @@ def test_status_classes(registry: CollectorRegistry) -> None:
     }
 
 
-def test_two_telemetries_on_one_registry_raise(registry: CollectorRegistry) -> None:
-    PrometheusTelemetry(registry=registry)
-    with pytest.raises(ValueError, match="Duplicated timeseries"):
-        PrometheusTelemetry(registry=registry)
-    # Separate registries are fine.
-    PrometheusTelemetry(registry=CollectorRegistry())
+def test_two_telemetries_on_one_registry_share_its_metrics(registry: CollectorRegistry) -> None:
+    first = PrometheusTelemetry(registry=registry)
+    second = PrometheusTelemetry(registry=registry)  # an app factory called twice
+    assert second.duration is first.duration
+    first.record(_record(_decisions("banner")))
+    second.record(_record(_decisions("banner")))
+    assert durations(registry)["banner", "red", "GET", "/r", "2xx"] == 2
+    # Separate registries get their own.
+    assert PrometheusTelemetry(registry=CollectorRegistry()).duration is not first.duration
 
 
 def test_custom_buckets(registry: CollectorRegistry) -> None:
@@ -1173,11 +1177,11 @@ def test_otel_metrics_have_the_meaning_of_the_prometheus_metrics() -> None:
         {"flag": "old", "variant": "on", "method": "GET", "route": "/x", "status_class": "5xx"},
         1,
     ) in points["flagwire.request.duration"]
-    assert ({"flag": "missing", "variant": "_none", "reason": "ERROR"}, 1) in points[
+    assert ({"flag": "_unknown", "variant": "_none", "reason": "ERROR"}, 1) in points[
         "flagwire.evaluations"
     ]
     assert points["flagwire.evaluation.errors"] == [
-        ({"flag": "missing", "error_code": "FLAG_NOT_FOUND"}, 1)
+        ({"flag": "_unknown", "error_code": "FLAG_NOT_FOUND"}, 1)
     ]
     assert points["flagwire.source.up"] == [({"source": "old.json"}, 1)]
     assert points["flagwire.flags.expired"] == [({"source": "old.json"}, 1)]

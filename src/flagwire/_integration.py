@@ -22,8 +22,10 @@ from collections.abc import (
 from typing import Any, TypeVar
 
 from ._engine.flagset import FlagSet
+from ._errors import ConfigError
 from ._propagation.baggage import PREFIX
-from ._propagation.policy import Propagation, default_propagation
+from ._propagation.policy import Propagation, _RateLimitedLog, default_propagation
+from ._propagation.signing import KEYS_ENV
 from ._request.flags import (
     _NOT_YET,
     RequestFlags,
@@ -32,7 +34,7 @@ from ._request.flags import (
     set_default_source,
 )
 from ._sources.base import Source, as_source
-from ._telemetry import RequestRecord, Telemetry, record_all
+from ._telemetry import RequestRecord, Telemetry, method_label, record_all
 from .context import Extractor, compose, header, reads_raw, request_cookies, user
 
 __all__ = ["Binding", "BoundRequestFlags", "ContextSpec", "aiterate_with", "iterate_with"]
@@ -42,14 +44,43 @@ T = TypeVar("T")
 ContextSpec = Extractor | Sequence[Extractor] | None
 """An extractor, several (composed in order), or None for the default (:func:`user`)."""
 
+
+def extractors(context: ContextSpec) -> tuple[Extractor, ...]:
+    """The extractors a :data:`ContextSpec` names.
+
+    Raises:
+        ConfigError: It is not an extractor or a sequence of them (a dict of header names,
+            say: that is ``context.headers({...})``).
+    """
+    if context is None:
+        return (user(),)
+    if isinstance(context, Mapping):
+        msg = (
+            f"context={dict(context)!r} is a mapping, not an extractor: to read these "
+            f"request headers write context=flagwire.context.headers({dict(context)!r}) "
+            "(or context.cookies / context.query for cookies and query parameters)"
+        )
+        raise ConfigError(msg)
+    chain = (
+        tuple(context)
+        if isinstance(context, Sequence) and not isinstance(context, str)
+        else (context,)
+    )
+    for extractor in chain:
+        if not callable(extractor):
+            msg = (
+                f"context must be an extractor (a callable taking the request and returning "
+                f"a mapping) or a sequence of them, not {type(extractor).__name__} "
+                f"{extractor!r}; see flagwire.context.headers, cookies, query, user"
+            )
+            raise ConfigError(msg)
+    if not chain:
+        raise ConfigError("context=[] names no extractor; leave it out for the default (user)")
+    return chain
+
+
 logger = logging.getLogger("flagwire")
 
-# Method labels are bounded: a client can send any method it likes. TASK and GRPC are
-# the method labels of Celery tasks and gRPC calls.
-_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-    | {"TASK", "GRPC"}
-)
 _VALID_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 DEFAULT_COOKIE = "flagwire_id"
 ONE_YEAR = 365 * 24 * 3600
@@ -85,6 +116,7 @@ class Binding:
         "reads_raw",
         "source",
         "telemetry",
+        "unverifiable",
     )
 
     def __init__(
@@ -103,13 +135,14 @@ class Binding:
         if propagation is None or propagation is True:
             propagation = default_propagation()
         self.propagation: Propagation | None = propagation or None
+        self.unverifiable = False
+        """Propagation is wanted but has no keys: inbound flagwire baggage is warned of."""
         if self.propagation is not None:
             self.propagation.explain_disabled()
             if not self.propagation.enabled:
                 self.propagation = None
-        if context is None:
-            context = user()
-        chain = tuple(context) if isinstance(context, Sequence) else (context,)
+                self.unverifiable = True
+        chain = extractors(context)
         # One extractor is called directly (build_context catches its errors); several
         # are composed, each failing on its own.
         self.extract: Extractor = chain[0] if len(chain) == 1 else compose(*chain)
@@ -135,7 +168,7 @@ class Binding:
             self.telemetry,
             RequestRecord(
                 flags.served(),
-                method if method in _METHODS else "_OTHER",
+                method_label(method),  # bounded: a client can send any method it likes
                 route,
                 status,
                 duration,
@@ -167,11 +200,8 @@ class BoundRequestFlags(RequestFlags):
         self._binding = binding
         self._raw = raw
 
-    def _receive(self, propagation: Propagation, request: Any, context: dict[str, Any]) -> None:
+    def _receive(self, propagation: Propagation, raw: str, context: dict[str, Any]) -> None:
         """Honour a trusted upstream's assignments (and targeting key) from ``baggage``."""
-        raw = header(request, "baggage")
-        if not raw or PREFIX not in raw:
-            return
         inbound = propagation.decode(raw)
         if not inbound.trusted:
             return
@@ -211,15 +241,28 @@ class BoundRequestFlags(RequestFlags):
                     type(found).__name__,
                 )
             context = {}
-        propagation = binding.propagation
-        if propagation is not None:
-            self._receive(propagation, request, context)
         cookie_name = binding.cookie_name
+        raw_baggage = header(request, "baggage")
+        from_service = raw_baggage is not None and PREFIX in raw_baggage
+        kept = None
+        if cookie_name is not None and (from_service or not context.get("targetingKey")):
+            kept = request_cookies(request).get(cookie_name)
+        if from_service:
+            propagation = binding.propagation
+            if kept is not None:
+                # flagwire's anonymous cookie: a browser, not a service. A browser that
+                # replays a captured header must not take over that user's key.
+                logger.debug("flagwire: inbound baggage ignored: the %s cookie came", cookie_name)
+            elif propagation is not None:
+                self._receive(propagation, raw_baggage, context)  # type: ignore[arg-type]
+            elif binding.unverifiable:
+                _warn_unverifiable()
         if cookie_name is None or context.get("targetingKey"):
             return context, None
-        kept = request_cookies(request).get(cookie_name)
         if kept is not None and _VALID_ID.fullmatch(kept):
             context["targetingKey"] = kept
+            return context, None
+        if from_service:  # a service's call: no anonymous id, and no cookie to keep
             return context, None
         new = secrets.token_urlsafe(16)  # none yet, or tampered with: sent back to the client
         context["targetingKey"] = new
@@ -285,3 +328,17 @@ async def aiterate_with(
     finally:
         if on_end is not None:
             on_end(failure)
+
+
+def _warn_unverifiable() -> None:
+    _warn(
+        "flagwire: a request carried flagwire baggage (fw.* members) but this service has "
+        "no propagation keys, so it cannot verify them and decides every flag itself (users "
+        "may see other variants than upstream). Set %s to the upstream service's keys (the "
+        "same comma-separated secrets on every service), or pass propagation=False to say "
+        "that this service decides alone",
+        KEYS_ENV,
+    )
+
+
+_warn = _RateLimitedLog()

@@ -16,6 +16,8 @@ from typing import Any, Final
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 
+from ._telemetry import method_label
+
 __all__ = [
     "CONTEXT_ID",
     "ERROR_MESSAGE",
@@ -126,16 +128,19 @@ class OTelTelemetry:
         """A server span for the request when nothing else made one (ASGI only), else None.
 
         Used with ``server_spans=True`` in apps without OpenTelemetry's ASGI
-        instrumentation: the span is named ``METHOD route`` and carries
+        instrumentation: the span is named ``METHOD route`` (``_OTHER route`` for a
+        method that is not a standard one) and carries
         ``http.request.method``, ``url.path``, ``http.route`` and
         ``http.response.status_code``.
         """
         if self._tracer is None or trace.get_current_span().is_recording():
             return None
+        known = method_label(method)  # span names stay bounded: "_OTHER" for the rest
+        attributes = {"http.request.method": known, "url.path": scope.get("path", "")}
+        if known != method:
+            attributes["http.request.method_original"] = method
         return self._tracer.start_as_current_span(
-            method,
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope.get("path", "")},
+            known, kind=trace.SpanKind.SERVER, attributes=attributes
         )
 
     def record(self, request: Any) -> None:

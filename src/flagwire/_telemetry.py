@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Protocol, runtime_checkable
 
-from ._engine.assignment import Assignment
+from ._engine.assignment import Assignment, ErrorCode
 from ._engine.flagset import FlagSet
 from ._request.tracking import TrackedEvent
 
-__all__ = ["OVERFLOW", "RequestRecord", "Telemetry", "status_class"]
+__all__ = ["OVERFLOW", "UNKNOWN_FLAG", "RequestRecord", "Telemetry", "status_class"]
 
 logger = logging.getLogger("flagwire")
 
@@ -28,6 +28,33 @@ OVERFLOW = "_other"
 """The flag label of decisions past a telemetry's ``max_flags`` in one request."""
 NO_VARIANT = "_none"
 """The variant label of a decision that chose no variant (disabled, default, error)."""
+UNKNOWN_FLAG = "_unknown"
+"""The flag label of every flag the flag set does not define (keys an app takes from
+request data must not make a label value each)."""
+OTHER_METHOD = "_OTHER"
+"""The method label (and span name) of a method that is not a standard one, as in
+OpenTelemetry's HTTP conventions."""
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+    | {"TASK", "GRPC"}  # the method labels of Celery tasks and gRPC calls
+)
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is a standard HTTP method, else ``_OTHER`` (clients send any)."""
+    return method if method in METHODS else OTHER_METHOD
+
+
+def flag_label(key: str, decision: Assignment) -> str:
+    """The flag label: the key, or ``_unknown`` for a flag the flag set does not have."""
+    return UNKNOWN_FLAG if decision.error_code is ErrorCode.FLAG_NOT_FOUND else key
+
+
+def label_text(text: str) -> str:
+    """``text`` as exposition formats can write it (a lone surrogate becomes ``?``)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +117,9 @@ def variant_label(decision: Assignment) -> str:
 
 
 def bounded(decisions: Mapping[str, Assignment], max_flags: int) -> list[tuple[str, Assignment]]:
-    """The decisions to label, past ``max_flags`` folded into one overflow entry."""
-    items = list(decisions.items())
+    """The decisions to label (by :func:`flag_label`), past ``max_flags`` folded into one
+    overflow entry."""
+    items = [(flag_label(key, decision), decision) for key, decision in decisions.items()]
     if len(items) <= max_flags:
         return items
     kept = items[:max_flags]

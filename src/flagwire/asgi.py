@@ -20,6 +20,7 @@ straight through.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import perf_counter
 from typing import Any
@@ -30,7 +31,7 @@ from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, 
 from ._propagation.policy import Propagation
 from ._request.flags import _current
 from ._sources.base import Source
-from ._telemetry import Telemetry
+from ._telemetry import Telemetry, method_label
 
 try:
     from starlette.datastructures import Headers
@@ -39,6 +40,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.asgi", "Starlette", "fastapi") from exc
 
 __all__ = ["FlagwireMiddleware"]
+
+logger = logging.getLogger("flagwire")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -136,12 +139,21 @@ class FlagwireMiddleware:
         )
         if not binding.reads_raw:  # user extractors get a Starlette Request
             binding.adapt = ExtractorRequest
+        self._reported = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         binding = self.binding
+        outer = _current.get()
+        if (
+            isinstance(outer, BoundRequestFlags)
+            and outer._binding is not binding
+            and self._nested(outer._binding)
+        ):
+            await self.app(scope, receive, send)  # the outer one already does it all
+            return
         flags = BoundRequestFlags(binding, scope)
         # Not stored in the scope: the context variable is the one way to the flags, and
         # growing the scope dict costs more than the rest of this method.
@@ -163,6 +175,19 @@ class FlagwireMiddleware:
                 await self.app(scope, receive, send_with_cookie)
         finally:
             _current.reset(token)
+
+    def _nested(self, outer: Binding) -> bool:
+        """Report (once) that this middleware runs inside another; whether to step aside
+        (both serve the same source: the middleware was added twice)."""
+        twice = outer.source is self.binding.source
+        if not self._reported:
+            self._reported = True
+            logger.error(
+                "flagwire: FlagwireMiddleware runs inside another FlagwireMiddleware%s. "
+                "Add it once per app (app.add_middleware(FlagwireMiddleware, ...) once).",
+                " with the same source: the inner one steps aside" if twice else "",
+            )
+        return twice
 
     async def _with_telemetry(
         self, scope: Scope, receive: Receive, send: Send, flags: BoundRequestFlags
@@ -206,7 +231,7 @@ class FlagwireMiddleware:
                     record()
                 route = getattr(scope.get("route"), "path", "")
                 if route:
-                    current.update_name(f"{scope.get('method', '')} {route}")
+                    current.update_name(f"{method_label(scope.get('method', ''))} {route}")
                     current.set_attribute("http.route", route)
                 current.set_attribute("http.response.status_code", int(state[0]))
 

@@ -20,19 +20,18 @@ Inbound assignments are read by flagwire's middleware, not here.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urlsplit
 
 from ._errors import missing_extra
-from .propagation import outbound_baggage
+from .propagation import host_of, outbound_baggage, without_anonymous_cookie
 
 try:
     from opentelemetry import trace
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.context import Context
-    from opentelemetry.propagate import set_global_textmap
     from opentelemetry.propagators.composite import CompositePropagator
     from opentelemetry.propagators.textmap import (
         CarrierT,
@@ -63,6 +62,8 @@ try:
 
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.otel", "OpenTelemetry", "otel") from exc
+# Not opentelemetry.propagate at import time: with OTEL_PROPAGATORS=...,flagwire that module
+# imports this one while it is being initialised (it loads the propagators on import).
 
 __all__ = [
     "CONTEXT_ID",
@@ -89,7 +90,10 @@ _URL_ATTRIBUTES = ("url.full", "http.url")
 _HOST_ATTRIBUTES = ("server.address", "net.peer.name", "http.host")
 
 
-_next_destination: ContextVar[str | None] = ContextVar("flagwire.otel.destination", default=None)
+_next_destination: ContextVar[tuple[Any, str | None] | None] = ContextVar(
+    "flagwire.otel.destination", default=None
+)
+_requests_guarded = False
 
 
 def request_hook(span: Any, request: Any) -> None:
@@ -105,15 +109,29 @@ def request_hook(span: Any, request: Any) -> None:
         url = url.decode("latin-1")
     host = getattr(url, "host", None) if url is not None and not isinstance(url, str) else None
     if host is None and url is not None:
-        host = urlsplit(str(url)).hostname
-    _next_destination.set(host or None)
+        host = host_of(str(url))
+    _next_destination.set((span, host or None))
+
+
+def _guard_requests() -> None:
+    # OpenTelemetry's requests instrumentation does not propagate on redirect hops (they
+    # run with instrumentation suppressed): the headers of the first hop go on as they
+    # are. flagwire.requests makes every session drop flagwire's members on a redirect to
+    # a destination that is not allowed.
+    global _requests_guarded
+    if not _requests_guarded and "requests" in sys.modules:
+        _requests_guarded = True
+        from .requests import guard_redirects
+
+        guard_redirects()
 
 
 def _destination(carrier: Any) -> str | None:
     hinted = _next_destination.get()
     if hinted is not None:
         _next_destination.set(None)  # for this request only
-        return hinted
+        if hinted[0] is trace.get_current_span():  # and only for its own span
+            return hinted[1]
     if isinstance(carrier, Mapping) or hasattr(carrier, "get"):
         try:
             host = carrier.get("host") or carrier.get("Host")
@@ -131,7 +149,7 @@ def _destination(carrier: Any) -> str | None:
     for name in _URL_ATTRIBUTES:
         value = attributes.get(name)
         if value:
-            return urlsplit(str(value)).hostname
+            return host_of(str(value))
     return None
 
 
@@ -154,6 +172,7 @@ class FlagwirePropagator(TextMapPropagator):
         context: Context | None = None,
         setter: Setter[CarrierT] = default_setter,
     ) -> None:
+        _guard_requests()
         try:
             existing = carrier.get("baggage")  # type: ignore[attr-defined]
         except Exception:
@@ -164,18 +183,33 @@ class FlagwirePropagator(TextMapPropagator):
         if value is not None:
             setter.set(carrier, "baggage", value)
         elif existing:
-            try:
-                del carrier["baggage"]  # type: ignore[attr-defined]
-            except Exception:
-                setter.set(carrier, "baggage", "")
+            _remove(carrier, "baggage", setter)
+        try:
+            cookie = carrier.get("cookie")  # type: ignore[attr-defined]
+        except Exception:
+            cookie = None
+        if isinstance(cookie, str) and (kept := without_anonymous_cookie(cookie)) != cookie:
+            if kept is None:
+                _remove(carrier, "cookie", setter)
+            else:
+                setter.set(carrier, "cookie", kept)
 
     @property
     def fields(self) -> set[str]:
         return {"baggage"}
 
 
+def _remove(carrier: Any, name: str, setter: Setter[Any]) -> None:
+    try:
+        del carrier[name]
+    except Exception:
+        setter.set(carrier, name, "")
+
+
 def install_propagator() -> None:
     """Set OpenTelemetry's global propagator to tracecontext, baggage, flagwire."""
+    from opentelemetry.propagate import set_global_textmap
+
     set_global_textmap(
         CompositePropagator(
             [TraceContextTextMapPropagator(), W3CBaggagePropagator(), FlagwirePropagator()]
@@ -183,94 +217,4 @@ def install_propagator() -> None:
     )
 
 
-# -- telemetry: OpenTelemetry metrics ------------------------------------------------------------
-
-
-class OTelMetricsTelemetry:
-    """The Prometheus metrics' meaning on an OpenTelemetry metrics pipeline.
-
-    Instruments (attributes as the Prometheus labels): ``flagwire.request.duration``
-    (histogram, seconds; flag, variant, method, route, status_class, once per decided flag
-    per request), ``flagwire.evaluations`` (counter; flag, variant, reason),
-    ``flagwire.evaluation.errors`` (counter; flag, error_code), and observable gauges
-    ``flagwire.source.up``, ``flagwire.flagset.last_load`` (unix seconds) and
-    ``flagwire.flags.expired`` per source.
-
-    Args:
-        meter_provider: Default: the global one.
-        sources: Sources whose health and expired flags to report.
-        max_flags: Decided flags per request; the rest are counted as ``_other``.
-    """
-
-    def __init__(
-        self,
-        *,
-        meter_provider: Any = None,
-        sources: Any = (),
-        max_flags: int = 20,
-    ) -> None:
-        from opentelemetry import metrics
-        from opentelemetry.metrics import CallbackOptions, Observation
-
-        from ._telemetry import bounded, expired_flags, status_class, variant_label
-
-        meter = (meter_provider or metrics.get_meter_provider()).get_meter("flagwire")
-        self.max_flags = max_flags
-        self._bounded = bounded
-        self._status_class = status_class
-        self._variant_label = variant_label
-        self.duration = meter.create_histogram(
-            "flagwire.request.duration",
-            unit="s",
-            description="Request duration, once per flag the request decided, by variant.",
-        )
-        self.evaluations = meter.create_counter(
-            "flagwire.evaluations", description="Flags decided in requests."
-        )
-        self.errors = meter.create_counter(
-            "flagwire.evaluation.errors", description="Flag evaluations that ended in an error."
-        )
-        self._sources = list(sources)
-
-        def up(options: CallbackOptions) -> list[Observation]:
-            return [
-                Observation(1 if s.status.ok else 0, {"source": s.flagset.source or ""})
-                for s in self._sources
-            ]
-
-        def last_load(options: CallbackOptions) -> list[Observation]:
-            return [
-                Observation(s.status.last_good_load.timestamp(), {"source": s.flagset.source or ""})
-                for s in self._sources
-                if s.status.last_good_load is not None
-            ]
-
-        def expired(options: CallbackOptions) -> list[Observation]:
-            return [
-                Observation(len(expired_flags(s.flagset)), {"source": s.flagset.source or ""})
-                for s in self._sources
-            ]
-
-        meter.create_observable_gauge("flagwire.source.up", callbacks=[up])
-        meter.create_observable_gauge("flagwire.flagset.last_load", callbacks=[last_load], unit="s")
-        meter.create_observable_gauge("flagwire.flags.expired", callbacks=[expired])
-
-    def record(self, request: Any) -> None:
-        status = self._status_class(request.status)
-        for key, decision in self._bounded(request.decisions, self.max_flags):
-            variant = self._variant_label(decision)
-            self.duration.record(
-                request.duration,
-                {
-                    "flag": key,
-                    "variant": variant,
-                    "method": request.method,
-                    "route": request.route,
-                    "status_class": status,
-                },
-            )
-            self.evaluations.add(
-                1, {"flag": key, "variant": variant, "reason": decision.reason.value}
-            )
-            if decision.error_code is not None:
-                self.errors.add(1, {"flag": key, "error_code": decision.error_code.value})
+from ._otel_metrics import OTelMetricsTelemetry  # noqa: E402 - after the extra's check

@@ -29,7 +29,9 @@ Metrics (names follow Prometheus conventions; labels are bounded):
   means and variances); an event without a value adds to the count only.
 
 ``variant`` is ``_none`` for a decision without a variant; past ``max_flags`` decided flags in
-one request the rest are counted under ``flag="_other"``. Event names are bounded too: the
+one request the rest are counted under ``flag="_other"``, and flags the flag set does not
+define under ``flag="_unknown"``. The metrics are created once per registry and shared by
+every :class:`PrometheusTelemetry` on it. Event names are bounded too: the
 ``events`` you declare, or else the first ``max_events`` names this process sees (up to
 ``MAX_EVENT_NAME`` characters); any other name is counted as ``event="_other"``. The
 tracking counters have at most (flags + 1) x (variants + 1) x (event names + 1) series
@@ -43,28 +45,29 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ._engine.assignment import Assignment
+from ._engine.assignment import Assignment, ErrorCode
 from ._errors import ConfigError, missing_extra
 from ._request.flags import RequestFlags
 from ._request.tracking import TrackedEvent, warn_once
 from ._sources.base import Source
 from ._telemetry import (
     OVERFLOW,
+    UNKNOWN_FLAG,
     RequestRecord,
     bounded,
-    expiries,
+    label_text,
     status_class,
     variant_label,
 )
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-    from prometheus_client.registry import Collector
+
+    from ._prometheus_sources import SourceCollector
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.prometheus", "prometheus_client", "prometheus") from exc
 
@@ -78,50 +81,10 @@ MAX_EVENT_NAME = 100
 every sample of its series)."""
 
 
-class PrometheusTelemetry:
-    """Records each request's decided flags in Prometheus metrics.
+class _Metrics:
+    """The metrics of one registry and their children, shared by every telemetry on it."""
 
-    Args:
-        registry: Where to register (default: prometheus_client's global registry).
-            Build one telemetry per registry: registering twice raises
-            ``ValueError: Duplicated timeseries``.
-        sources: Sources whose health, flag-set version and expiring flags to export.
-        max_flags: Decided flags labelled per request; the rest count as ``_other``.
-        buckets: Histogram buckets (seconds).
-        events: The tracked event names to label; any other counts as ``_other``. The
-            hard bound, the same in every process: declare them in production.
-        max_events: Without ``events``, how many distinct names this process labels (the
-            first it sees); later ones count as ``_other``. In multiprocess mode each
-            worker admits its own first ``max_events``, so the bound is per worker.
-
-    Raises:
-        ConfigError: ``max_events`` is negative, or a declared name is empty or too long.
-    """
-
-    def __init__(
-        self,
-        *,
-        registry: CollectorRegistry | None = REGISTRY,
-        sources: Iterable[Source] = (),
-        max_flags: int = 20,
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
-        events: Iterable[str] | None = None,
-        max_events: int = 50,
-    ) -> None:
-        self.max_flags = max_flags
-        declared = None if events is None else frozenset(events)
-        if declared is not None and any(
-            not isinstance(e, str) or not 0 < len(e) <= MAX_EVENT_NAME for e in declared
-        ):
-            msg = f"PrometheusTelemetry(events=...): names must be 1 to {MAX_EVENT_NAME} characters"
-            raise ConfigError(msg)
-        if max_events < 0:
-            msg = f"PrometheusTelemetry(max_events={max_events}): must be 0 or more"
-            raise ConfigError(msg)
-        self.max_events = len(declared) if declared is not None else max_events
-        # Event name -> its label; with declared events, filled up front and never grown.
-        self._event_labels: dict[str, str] = {e: e for e in declared or ()}
-        self._events_closed = declared is not None
+    def __init__(self, registry: CollectorRegistry | None, buckets: Sequence[float]) -> None:
         self.duration = Histogram(
             "flagwire_request_duration_seconds",
             "Request duration, observed once per flag the request decided, by variant.",
@@ -160,15 +123,92 @@ class PrometheusTelemetry:
             tracked,
             registry=registry,
         )
-        self._event_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
-        self.sources = SourceCollector(sources)
+        self.sources = SourceCollector()
         if registry is not None:
             registry.register(self.sources)
         # .labels() takes a lock per call: the children are kept per label values.
-        self._children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        self._counts: dict[tuple[str, ...], Any] = {}
-        self._errors: dict[tuple[str, ...], Any] = {}
-        self._lock = threading.Lock()
+        self.children: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self.counts: dict[tuple[str, ...], Any] = {}
+        self.error_children: dict[tuple[str, ...], Any] = {}
+        self.event_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self.lock = threading.Lock()
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_BY_REGISTRY_LOCK = threading.Lock()
+_CHILDREN_MAX = 20_000  # label children are bounded anyway; the lookup cache is too
+
+
+def _metrics(registry: CollectorRegistry | None, buckets: Sequence[float]) -> _Metrics:
+    if registry is None:
+        return _Metrics(None, buckets)
+    with _BY_REGISTRY_LOCK:
+        found = _BY_REGISTRY.get(registry)
+        if found is None:
+            found = _BY_REGISTRY[registry] = _Metrics(registry, buckets)
+        return found
+
+
+class PrometheusTelemetry:
+    """Records each request's decided flags in Prometheus metrics.
+
+    Args:
+        registry: Where to register (default: prometheus_client's global registry).
+            The metrics are created once per registry and shared: a second telemetry
+            on the same registry (an app factory called twice, an app per test) records
+            into the same metrics, and its sources are exported too.
+        sources: Sources whose health, flag-set version and expiring flags to export.
+        max_flags: Decided flags labelled per request; the rest count as ``_other``.
+        buckets: Histogram buckets (seconds), used by the first telemetry of a registry.
+        events: The tracked event names to label; any other counts as ``_other``. The
+            hard bound, the same in every process: declare them in production.
+        max_events: Without ``events``, how many distinct names this process labels (the
+            first it sees); later ones count as ``_other``. In multiprocess mode each
+            worker admits its own first ``max_events``, so the bound is per worker.
+
+    Raises:
+        ConfigError: ``max_events`` is negative, or a declared name is empty or too long.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = REGISTRY,
+        sources: Iterable[Source] = (),
+        max_flags: int = 20,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        events: Iterable[str] | None = None,
+        max_events: int = 50,
+    ) -> None:
+        self.max_flags = max_flags
+        declared = None if events is None else frozenset(events)
+        if declared is not None and any(
+            not isinstance(e, str) or not 0 < len(e) <= MAX_EVENT_NAME for e in declared
+        ):
+            msg = f"PrometheusTelemetry(events=...): names must be 1 to {MAX_EVENT_NAME} characters"
+            raise ConfigError(msg)
+        if max_events < 0:
+            msg = f"PrometheusTelemetry(max_events={max_events}): must be 0 or more"
+            raise ConfigError(msg)
+        self.max_events = len(declared) if declared is not None else max_events
+        # Event name -> its label; with declared events, filled up front and never grown.
+        self._event_labels: dict[str, str] = {e: e for e in declared or ()}
+        self._events_closed = declared is not None
+        metrics = self._metrics = _metrics(registry, buckets)
+        self.duration = metrics.duration
+        self.evaluations = metrics.evaluations
+        self.errors = metrics.errors
+        self.events = metrics.events
+        self.event_values = metrics.event_values
+        self.event_squares = metrics.event_squares
+        self.sources = metrics.sources
+        for source in sources:
+            self.sources.add(source)
+        self._children = metrics.children
+        self._counts = metrics.counts
+        self._errors = metrics.error_children
+        self._event_children = metrics.event_children
+        self._lock = metrics.lock
 
     def record(self, request: RequestRecord) -> None:
         method = request.method
@@ -183,14 +223,17 @@ class PrometheusTelemetry:
         )
         children = self._children
         for key, decision in items:
+            error_code = decision.error_code
+            if error_code is ErrorCode.FLAG_NOT_FOUND:
+                key = UNKNOWN_FLAG
             shape = (key, decision.variant, decision.reason, method, route, status)
             pair = children.get(shape)
             if pair is None:
                 pair = self._pair(shape, decision)
             pair[0].observe(duration)
             pair[1].inc()
-            if decision.error_code is not None:
-                error_labels = (key, decision.error_code.value)
+            if error_code is not None:
+                error_labels = (key, error_code.value)
                 error = self._errors.get(error_labels)
                 if error is None:
                     error = self._child(self._errors, self.errors, error_labels)
@@ -225,6 +268,8 @@ class PrometheusTelemetry:
         ]
         children = self._event_children
         for key, decision in items:
+            if decision.error_code is ErrorCode.FLAG_NOT_FOUND:
+                key = UNKNOWN_FLAG
             variant = variant_label(decision)
             for event, value in labelled:
                 labels = (key, variant, event)
@@ -272,25 +317,31 @@ class PrometheusTelemetry:
         with self._lock:
             trio = self._event_children.get(labels)
             if trio is None:
-                trio = self._event_children[labels] = (
-                    self.events.labels(*labels),
-                    self.event_values.labels(*labels),
-                    self.event_squares.labels(*labels),
+                texts = [label_text(label) for label in labels]
+                trio = (
+                    self.events.labels(*texts),
+                    self.event_values.labels(*texts),
+                    self.event_squares.labels(*texts),
                 )
+                if len(self._event_children) < _CHILDREN_MAX:
+                    self._event_children[labels] = trio
             return trio
 
     def _pair(self, shape: tuple[Any, ...], decision: Any) -> tuple[Any, Any]:
         key, _, reason, method, route, status = shape
-        variant = variant_label(decision)
+        key, route = label_text(key), label_text(route)
+        variant = label_text(variant_label(decision))
         with self._lock:
             pair = self._children.get(shape)
             if pair is None:
                 count_labels = (key, variant, reason.value)
                 count = self._counts.get(count_labels)
                 if count is None:
-                    count = self._counts[count_labels] = self.evaluations.labels(*count_labels)
+                    count = self.evaluations.labels(*count_labels)
+                    self._counts[count_labels] = count
                 pair = (self.duration.labels(key, variant, method, route, status), count)
-                self._children[shape] = pair
+                if len(self._children) < _CHILDREN_MAX:
+                    self._children[shape] = pair
             return pair
 
     def _child(
@@ -299,58 +350,6 @@ class PrometheusTelemetry:
         with self._lock:
             child = cache.get(labels)
             if child is None:
-                child = cache[labels] = metric.labels(*labels)
+                child = metric.labels(*(label_text(label) for label in labels))
+                cache[labels] = child
             return child
-
-
-class SourceCollector(Collector):
-    """Exports sources' health and flag sets at scrape time (nothing on the request path)."""
-
-    def __init__(self, sources: Iterable[Source] = ()) -> None:
-        self._sources = list(sources)
-
-    def add(self, source: Source) -> None:
-        """Export one more source."""
-        self._sources.append(source)
-
-    def collect(self) -> Iterable[Any]:
-        info = GaugeMetricFamily(
-            "flagwire_flagset_info",
-            "The flag set in force (value 1).",
-            labels=["source", "version"],
-        )
-        loaded = GaugeMetricFamily(
-            "flagwire_flagset_last_load_timestamp_seconds",
-            "When the flag set in force was loaded.",
-            labels=["source"],
-        )
-        up = GaugeMetricFamily(
-            "flagwire_source_up", "1 if the source's last load succeeded.", labels=["source"]
-        )
-        failures = CounterMetricFamily(
-            "flagwire_source_failures", "Failed loads of the source.", labels=["source"]
-        )
-        expiry = GaugeMetricFamily(
-            "flagwire_flag_expiry_timestamp_seconds",
-            "When a flag expires (metadata.expires, end of day UTC).",
-            labels=["source", "flag", "owner"],
-        )
-        expired = GaugeMetricFamily(
-            "flagwire_flags_expired", "Flags past their expiry date now.", labels=["source"]
-        )
-        now = time.time()
-        for source in self._sources:
-            flagset = source.flagset
-            name = flagset.source or repr(source)
-            status = source.status
-            info.add_metric([name, status.version], 1)
-            if status.last_good_load is not None:
-                loaded.add_metric([name], status.last_good_load.timestamp())
-            up.add_metric([name], 1 if status.ok else 0)
-            failures.add_metric([name], status.failures)
-            count = 0
-            for key, owner, when in expiries(flagset):
-                expiry.add_metric([name, key, owner], when)
-                count += when < now
-            expired.add_metric([name], count)
-        yield from (info, loaded, up, failures, expiry, expired)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import urllib.request
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ._engine.flagset import FlagSet
@@ -30,10 +31,12 @@ from ._request.flags import RequestFlags, activate, current_flags
 from ._sources.base import Source
 
 __all__ = [
+    "ANONYMOUS_COOKIE",
     "DEFAULT_ALLOWED_HOSTS",
     "KeyRing",
     "Propagated",
     "Propagation",
+    "RedirectHandler",
     "bind",
     "default_propagation",
     "flags_from_headers",
@@ -41,7 +44,9 @@ __all__ = [
     "inject",
     "job_headers",
     "outbound_baggage",
+    "redirect_baggage",
     "set_default_propagation",
+    "without_anonymous_cookie",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,7 +57,10 @@ def host_of(destination: str | None) -> str | None:
     if not destination:
         return None
     if "://" in destination:
-        return urlsplit(destination).hostname
+        try:
+            return urlsplit(destination).hostname
+        except ValueError:  # an invalid IPv6 literal: no host anyone may send to
+            return None
     return destination
 
 
@@ -84,13 +92,83 @@ def inject(
     flags: RequestFlags | None = None,
     propagation: Propagation | None = None,
 ) -> None:
-    """Set (or remove) the ``baggage`` header of an outgoing request, in place."""
+    """Set (or remove) the ``baggage`` header of an outgoing request, in place (and drop
+    flagwire's anonymous-id cookie from its ``Cookie`` header).
+
+    The header is right for ``destination`` only. A client that follows redirects and
+    copies the request's headers to the next hop (urllib does, and so do requests and httpx
+    without flagwire's adapters) would hand the targeting key and assignments to wherever
+    the redirect points. So with ``inject()``, either do not follow redirects, or strip
+    flagwire's members on each hop with :func:`redirect_baggage` -- for urllib, build the
+    opener with :class:`RedirectHandler`:
+    ``urllib.request.build_opener(flagwire.propagation.RedirectHandler())``.
+    (:mod:`flagwire.httpx`, :mod:`flagwire.requests` and :mod:`flagwire.otel` do this
+    themselves.)
+    """
     existing = headers.get("baggage")
     value = outbound_baggage(destination, existing, flags=flags, propagation=propagation)
     if value is not None:
         headers["baggage"] = value
     elif existing is not None:
         del headers["baggage"]
+    for name in [n for n in headers if n.lower() == "cookie"]:
+        cookie = without_anonymous_cookie(headers[name])
+        if cookie is None:
+            del headers[name]
+        else:
+            headers[name] = cookie
+
+
+ANONYMOUS_COOKIE = "flagwire_id"
+
+
+def without_anonymous_cookie(cookie: str | None) -> str | None:
+    """A ``Cookie`` header without flagwire's anonymous-id cookie (``None`` if nothing is
+    left). A service that calls another must not carry a browser's anonymous id, nor one
+    the downstream set on a shared client: every user would become that one visitor."""
+    if not cookie or ANONYMOUS_COOKIE not in cookie:
+        return cookie
+    kept = [
+        part
+        for part in cookie.split(";")
+        if part.strip() and part.split("=", 1)[0].strip() != ANONYMOUS_COOKIE
+    ]
+    return ";".join(kept).strip() or None
+
+
+def redirect_baggage(
+    existing: str | None, target: str | None, *, propagation: Propagation | None = None
+) -> str | None:
+    """The ``baggage`` a redirect to ``target`` (a URL or host) may carry on from the
+    previous hop: all of it for an allowed destination, else no flagwire member."""
+    propagation = propagation or default_propagation()
+    if propagation.allows(host_of(target)):
+        return existing
+    return merge_baggage(existing, ())
+
+
+class RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handler, minus flagwire's members for a non-allowed target."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            for name, value in list(new.header_items()):
+                if name.lower() != "baggage":
+                    continue
+                kept = redirect_baggage(value, newurl)
+                new.remove_header(name)
+                if kept is not None:
+                    new.add_header(name, kept)
+        return new
 
 
 def job_headers(
@@ -136,6 +214,9 @@ def bind(fn: F) -> F:
     Works for plain and ``async`` functions (asyncio tasks already inherit the flags).
     """
     flags = current_flags()
+    # The request's context is built here, where the request is: a thread has no Flask
+    # request context (nor a framework request) for an extractor to read later.
+    flags._ensure_context()
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)

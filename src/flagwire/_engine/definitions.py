@@ -23,6 +23,8 @@ import yaml
 from flagwire._errors import ConfigError, FlagsetError
 from flagwire._types import JsonValue, MetadataValue
 
+from .document_limits import MAX_DEPTH, DocumentProblem, Yaml12Loader, check_tree
+
 __all__ = [
     "FlagDefinition",
     "FlagsetDocument",
@@ -36,24 +38,6 @@ _FLAG_PROPERTIES = frozenset(
     {"state", "variants", "defaultVariant", "targeting", "metadata", "source", "selector"}
 )
 _STATES = ("ENABLED", "DISABLED")
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: ``on``/``off``/``yes``/``no`` stay strings.
-
-    flagd (Go, YAML 1.2) reads ``variants: {on: true, off: false}`` with string keys.
-    """
-
-
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,9 +339,15 @@ def parse_text(text: str, source: str | None = None, fmt: str | None = None) -> 
         raise ConfigError(f'format must be "json" or "yaml", not {fmt!r}')
     use_yaml = fmt == "yaml" if fmt is not None else _looks_like_yaml(source, text)
     try:
-        if use_yaml:
-            return yaml.load(text, Loader=_Yaml12Loader)
-        return json.loads(text)
+        raw = yaml.load(text, Loader=Yaml12Loader) if use_yaml else json.loads(text)
+        check_tree(raw)
+        return raw
+    except DocumentProblem as exc:
+        raise FlagsetError(str(exc), path=source) from None
+    except RecursionError:
+        raise FlagsetError(
+            f"the document is nested deeper than {MAX_DEPTH} levels", path=source
+        ) from None
     except json.JSONDecodeError as exc:
         raise FlagsetError(f"invalid JSON: {exc.msg}", path=source, line=exc.lineno) from exc
     except yaml.YAMLError as exc:
@@ -365,6 +355,10 @@ def parse_text(text: str, source: str | None = None, fmt: str | None = None) -> 
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise FlagsetError(f"invalid YAML: {problem}", path=source, line=line) from exc
+    except ValueError as exc:  # a number past Python's 4300-digit limit, and the like
+        kind = "YAML" if use_yaml else "JSON"
+        problem = "a number has too many digits" if "digits" in str(exc) else str(exc)
+        raise FlagsetError(f"invalid {kind}: {problem}", path=source) from None
 
 
 def parse_document(

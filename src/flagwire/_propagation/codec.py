@@ -51,44 +51,72 @@ _SAFE: Final = "-._~"
 _PLAIN = _re(r"[A-Za-z0-9\-._~]*")
 
 
-@lru_cache(maxsize=8192)  # flag keys, variants and versions repeat across requests
-def encode_text(text: str) -> str:
-    """Percent-encode all but RFC 3986 unreserved characters (canonical: one form)."""
-    return text if _PLAIN.fullmatch(text) else quote(text, safe=_SAFE)
+_CACHED_MAX: Final = 128
+"""Only texts this short are cached: flag keys, variants and versions repeat across
+requests, and a forged 8 KB value must not fill memory (every cache here is bounded in
+entries and, through this, in bytes)."""
 
 
-@lru_cache(maxsize=8192)
-def decode_text(text: str) -> str:
-    """Undo :func:`encode_text`, or any faithful re-encoding of it (``+`` for a space)."""
-    return unquote_plus(text) if "%" in text or "+" in text else text
+def _encode(text: str) -> str:
+    if _PLAIN.fullmatch(text):
+        return text
+    # A lone surrogate (JSON allows "\ud800") has no UTF-8 form: kept as its bytes.
+    return quote(text, safe=_SAFE, errors="surrogatepass")
 
 
-@lru_cache(maxsize=8192)
+def _decode(text: str) -> str:
+    return unquote_plus(text, errors="replace") if "%" in text or "+" in text else text
+
+
 def _token(text: str) -> str:
     # "~" separates the tokens; quote() always keeps it, so it is escaped by hand.
-    return quote(text, safe="-._").replace("~", "%7E")
+    return quote(text, safe="-._", errors="surrogatepass").replace("~", "%7E")
 
 
-@lru_cache(maxsize=8192)
+_encode_cached = lru_cache(maxsize=4096)(_encode)
+_decode_cached = lru_cache(maxsize=4096)(_decode)
+_token_cached = lru_cache(maxsize=4096)(_token)
+_untoken_cached = lru_cache(maxsize=4096)(unquote)
+
+
+def encode_text(text: str) -> str:
+    """Percent-encode all but RFC 3986 unreserved characters (canonical: one form)."""
+    return _encode_cached(text) if len(text) <= _CACHED_MAX else _encode(text)
+
+
+def decode_text(text: str) -> str:
+    """Undo :func:`encode_text`, or any faithful re-encoding of it (``+`` for a space);
+    never raises (bytes that are not UTF-8 become U+FFFD)."""
+    return _decode_cached(text) if len(text) <= _CACHED_MAX else _decode(text)
+
+
 def packed_piece(key: str, variant: str) -> str:
     """One assignment as it is written inside a packed member's value."""
-    return encode_text(_token(key)) + "~" + encode_text(_token(variant))
+    return encode_text(_token_cached(key) if len(key) <= _CACHED_MAX else _token(key)) + (
+        "~"
+        + encode_text(_token_cached(variant) if len(variant) <= _CACHED_MAX else _token(variant))
+    )
 
 
-_untoken = lru_cache(maxsize=8192)(unquote)
+def _untoken(text: str) -> str:
+    if len(text) > _CACHED_MAX:
+        return unquote(text, errors="replace")
+    return _untoken_cached(text)
 
 
-@lru_cache(maxsize=1024)  # the same sets of decisions arrive again and again
-def unpack(value: str) -> tuple[tuple[str, str], ...] | None:
-    """The ``(key, variant)`` pairs of a packed member's value; ``None`` if malformed."""
+@lru_cache(maxsize=256)  # the same sets of decisions arrive again and again (<= 1 MB held)
+def _unpack(value: str) -> tuple[tuple[str, str], ...] | None:
     tokens = decode_text(value).split("~")
     if len(tokens) % 2:
         return None
-    untoken = _untoken
-    return tuple((untoken(k), untoken(v)) for k, v in zip(tokens[::2], tokens[1::2], strict=True))
+    return tuple((_untoken(k), _untoken(v)) for k, v in zip(tokens[::2], tokens[1::2], strict=True))
 
 
-@lru_cache(maxsize=8192)
+def unpack(value: str) -> tuple[tuple[str, str], ...] | None:
+    """The ``(key, variant)`` pairs of a packed member's value; ``None`` if malformed."""
+    return _unpack(value) if len(value) <= MAX_MEMBER_BYTES else _unpack.__wrapped__(value)
+
+
 def _line(key: str, variant: str) -> str:
     return encode_text(key) + "=" + encode_text(variant)
 

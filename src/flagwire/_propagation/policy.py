@@ -77,6 +77,9 @@ class Propagation:
             ``10.*``) that get flag baggage; default ``$FLAGWIRE_PROPAGATION_HOSTS``
             (comma-separated) or :data:`DEFAULT_ALLOWED_HOSTS`. Single-label host names
             (``payments``) are always allowed unless ``allow_single_label=False``.
+        accept_inbound: Honour trusted inbound assignments. ``False`` for an edge service
+            that only sends: every inbound flagwire member is ignored (and never
+            forwarded), whoever signed it.
         ttl: Seconds a sent assignment stays valid (a bound on replay).
         max_bytes: flagwire's cap on the whole header it writes (at most 8192).
         max_members: flagwire's cap on its members (the W3C limit is 180 for all).
@@ -89,6 +92,7 @@ class Propagation:
         *,
         allowed_hosts: Sequence[str] | None = None,
         allow_single_label: bool = True,
+        accept_inbound: bool = True,
         ttl: int = 300,
         max_bytes: int = 4096,
         max_members: int = 64,
@@ -108,6 +112,7 @@ class Propagation:
         self.destinations = Destinations(allowed_hosts, allow_single_label)
         self.allowed_hosts = self.destinations.allowed_hosts
         self.allow_single_label = allow_single_label
+        self.accept_inbound = accept_inbound
         self.ttl = ttl
         self.max_bytes = max_bytes
         self.max_members = max_members
@@ -232,6 +237,14 @@ class Propagation:
         """
         if not header or PREFIX not in header:
             return NOTHING
+        if not self.accept_inbound:
+            return Propagated(problem="inbound flagwire baggage is not accepted here")
+        try:
+            return self._decode(header)
+        except Exception:  # decoding never fails a request, whatever the header holds
+            return self._reject("a malformed flagwire baggage header")
+
+    def _decode(self, header: str) -> Propagated:
         if len(header) > W3C_MAX_BYTES:
             return self._reject("an oversized baggage header")
         fields: dict[str, str] = {}
@@ -293,7 +306,13 @@ class Propagation:
 
     def _reject(self, what: str) -> Propagated:
         self.rejected += 1
-        self._warn("flagwire: ignored %s from upstream", what)
+        self._warn(
+            "flagwire: ignored %s from upstream; this service decides those flags itself. "
+            "If the sender is one of your services, give both the same keys (%s, first key "
+            "signs, every key verifies) and check their clocks",
+            what,
+            KEYS_ENV,
+        )
         return Propagated(problem=what)
 
 

@@ -83,6 +83,8 @@ class KeyRing:
     def verify(self, message: bytes, signature: str) -> bool:
         """Whether any key with the signature's key id made it."""
         kid, _, given = signature.partition(".")
+        if not given.isascii():  # compare_digest takes ASCII text only; no HMAC is other
+            return False
         for mac in self._by_id.get(kid, ()):
             if hmac.compare_digest(mac(message)[:16].hex(), given):
                 return True

@@ -15,9 +15,17 @@ from datetime import datetime, timezone
 from typing import Protocol, runtime_checkable
 
 from flagwire._engine.flagset import FlagSet
-from flagwire._errors import ConfigError
+from flagwire._errors import ConfigError, FlagsetError
 
-__all__ = ["Listener", "Source", "SourceBase", "SourceStatus", "StaticSource", "as_source"]
+__all__ = [
+    "Listener",
+    "Source",
+    "SourceBase",
+    "SourceStatus",
+    "StaticSource",
+    "as_source",
+    "load_text",
+]
 
 logger = logging.getLogger("flagwire")
 
@@ -66,6 +74,23 @@ class Source(Protocol):
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(old, new)`` on every change; returns an unsubscribe function."""
         ...
+
+
+def load_text(
+    text: str, *, source: str, format: str | None = None, fractional: str | None = None
+) -> FlagSet:
+    """A flag set from a document's text; any failure is a :class:`FlagsetError` naming
+    ``source`` (a source never lets a document crash its start or its poller)."""
+    try:
+        return FlagSet.from_text(text, format=format, source=source, fractional=fractional)
+    except FlagsetError:
+        raise
+    except RecursionError:
+        raise FlagsetError("the document is nested too deeply", path=source) from None
+    except Exception as exc:
+        raise FlagsetError(
+            f"cannot load the document: {type(exc).__name__}: {exc}", path=source
+        ) from exc
 
 
 def _now() -> datetime:
@@ -142,9 +167,17 @@ class SourceBase:
                 failures=self._status.failures + 1,
             )
             version = self.flagset.version_label
+            loaded = self._status.loads > 0
         if not log:
             return
-        logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
+        if loaded:
+            logger.error("flagwire: %s; keeping the flag set in force (%s)", error, version)
+        else:
+            logger.error(
+                "flagwire: %s; no flag set loaded yet: every flag gives its code default "
+                "until a valid one loads",
+                error,
+            )
 
 
 class StaticSource:

@@ -107,7 +107,7 @@ class DocumentCache:
             loaded = json.loads(self.meta_path.read_text(encoding="utf-8"))
             if isinstance(loaded, dict):
                 meta = loaded
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             logger.warning("flagwire: %s is missing or unreadable; ignoring it", self.meta_path)
         if meta.get("url") not in (None, self.origin):
             problem = f"{self.path} holds flags of {meta.get('url')}, not {self.origin}"

@@ -7,33 +7,24 @@ every service polls it. Only the standard library is used (:mod:`urllib.request`
 How a kill switch reaches every service, and how fast
 -----------------------------------------------------
 
-Flip the flag in the central file (for example ``"state": "DISABLED"``, or its
-``defaultVariant`` to ``"off"``) and publish it. Each service's :class:`HttpSource` polls
-the URL from a daemon thread every ``interval`` seconds, jittered by ``± jitter`` so that
-a fleet does not poll in lock-step. A poll that sees the new document swaps it in
-atomically; the next flag evaluation in that process uses it. So, while the server is
-healthy, **every service applies the flip within ``interval * (1 + jitter) + timeout``
-seconds at worst** (the longest wait before the next poll, plus the longest a fetch may
-wait on the network); with a responsive server the fetch itself takes milliseconds, so in
-practice the bound is ``interval * (1 + jitter)`` plus a round trip.
-
-For kill switches, use ``interval`` 2-5 seconds: with the defaults (``jitter=0.2``,
-``timeout=2.0``) ``interval=2`` gives a worst case of 4.4 s and ``interval=5`` 8 s.
-Polling that often is cheap: requests are conditional (``If-None-Match`` with the ETag,
-``If-Modified-Since`` with the Last-Modified date of the document in force), so an
-unchanged file costs the server a ``304 Not Modified`` with no body, and costs the
-service no parsing and no swap. 1000 services polling every 2 s are 500 small requests
-per second, which any static file server or CDN serves easily.
+Each service polls the URL from a daemon thread every ``interval`` seconds, jittered by
+``± jitter`` so a fleet does not poll in lock-step, with conditional requests
+(``If-None-Match``, ``If-Modified-Since``: an unchanged file costs a ``304`` and no
+parsing). A poll that sees the new document swaps it in atomically. ``timeout`` is the
+deadline of one whole fetch (connecting, headers, redirects, the whole body): a server
+that trickles bytes is cut off then and the fetch reported in :attr:`HttpSource.status`
+as stalled. So while the server answers at all, **every service applies a flip within
+``interval * (1 + jitter) + timeout`` seconds at worst**; with the defaults
+(``jitter=0.2``, ``timeout=2.0``) ``interval=2`` gives 4.4 s. Use 2-5 s for kill switches.
 
 While the server fails, a service backs off exponentially (``interval`` doubled on every
 consecutive failure, up to ``max_backoff``; reset by the first success), keeps the last
 good flag set, and reports the failure in :attr:`HttpSource.status` (``ok`` False,
-``last_error``), which the Prometheus and OpenTelemetry collectors export. Keep
-``max_backoff`` small (e.g. 30 s) where kill switches matter: it bounds how long a service
-that saw the server fail takes to see a flip made after the server recovers.
+``last_error``). Keep ``max_backoff`` small (e.g. 30 s) where kill switches matter.
 
-For changes in milliseconds rather than seconds, a push source subscribes instead of
-polling (see the README's sources section).
+A document is read as it arrives and refused past ``max_bytes`` (16 MiB by default),
+decompressed size included; credentials (``headers``, URL userinfo) never go to a
+redirect target on another origin.
 
 Offline mode
 ------------
@@ -49,33 +40,39 @@ set) never replaces the flag set in force and is never written to the cache.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import random
 import threading
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import replace
 from datetime import datetime, timezone
-from http.client import HTTPException
 from pathlib import Path
 
-from flagwire._engine.flagset import FlagSet
 from flagwire._errors import ConfigError, FlagsetError, SourceError
 
+from .base import load_text
 from .cache import DocumentCache
-from .http_fetch import Fetched, charset, display_url, failure_reason, format_for, without_userinfo
+from .http_fetch import (
+    Deadline,
+    Fetched,
+    build_opener,
+    charset,
+    display_url,
+    fetch,
+    format_for,
+    without_userinfo,
+)
 from .polling import PollingSource
 
 __all__ = ["HttpSource"]
 
 logger = logging.getLogger("flagwire")
 
-_MAX_BYTES = 16 * 1024 * 1024
-"""A flag file larger than this is refused (a misconfigured URL, not a flag file)."""
+MAX_BYTES = 16 * 1024 * 1024
+"""The default cap on a document, decompressed size included (a misconfigured URL or a
+gzip bomb, not a flag file)."""
 
 _USER_AGENT = "flagwire-http-source/1"
 _ACCEPT = "application/json, application/yaml;q=0.9, text/yaml;q=0.9, */*;q=0.1"
@@ -102,15 +99,19 @@ class HttpSource(PollingSource):
         interval: Seconds between polls; ``0`` disables polling (call :meth:`refresh`).
         jitter: The relative spread of the interval: each wait is drawn from
             ``interval * (1 - jitter)`` to ``interval * (1 + jitter)``. In ``[0, 1)``.
-        timeout: Seconds a fetch may wait on the network (connecting, and each read);
-            the whole body must also arrive within it.
+        timeout: The deadline of one whole fetch, in seconds: connecting, the headers,
+            redirects and the whole body. A server that trickles bytes is cut off then,
+            and the fetch is reported in :attr:`status` as stalled.
         cache_path: A file to keep the last good document in, for offline starts.
         strict: Raise at start-up if neither the server nor the cache gives a valid flag
             set. Otherwise start with an empty flag set (every flag gives its code
             default), log a loud warning, and keep polling.
-        headers: Extra request headers (``Authorization``, ...). Never logged.
+        headers: Extra request headers (``Authorization``, ...). Never logged, and never
+            sent to a redirect target on another origin (nor are URL credentials).
         max_backoff: The longest wait between polls while the server keeps failing.
         fractional: Force the fractional algorithm (``"v2"``/``"v3"``).
+        max_bytes: The largest document accepted, as sent and decompressed (gzip): a
+            larger one is refused, read no further, and reported in :attr:`status`.
 
     Raises:
         SourceError: In strict mode, when no valid flag set could be loaded.
@@ -129,6 +130,7 @@ class HttpSource(PollingSource):
         headers: dict[str, str] | None = None,
         max_backoff: float = 300.0,
         fractional: str | None = None,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         if interval < 0:
             raise ConfigError(f"interval must be >= 0 seconds, not {interval!r}")
@@ -140,6 +142,8 @@ class HttpSource(PollingSource):
             raise ConfigError(
                 f"max_backoff ({max_backoff!r} s) must be at least interval ({interval!r} s)"
             )
+        if max_bytes <= 0:
+            raise ConfigError(f"max_bytes must be > 0, not {max_bytes!r}")
         if fractional is not None and fractional not in ("v2", "v3"):
             raise ConfigError(f'fractional must be "v2" or "v3", not {fractional!r}')
         self.url = url
@@ -155,7 +159,9 @@ class HttpSource(PollingSource):
         self._request_url = without_userinfo(url, self._headers)
         self._fractional = fractional
         self._random = random.Random()
-        self._opener = urllib.request.build_opener()
+        self.max_bytes = int(max_bytes)
+        self._deadline = Deadline()
+        self._opener = build_opener(self._deadline)
         # The validators of the document in force (never of a rejected one).
         self.etag: str | None = None
         self.last_modified: str | None = None
@@ -256,9 +262,7 @@ class HttpSource(PollingSource):
             text = fetched.body.decode(charset(fetched.content_type))
         except (UnicodeDecodeError, LookupError) as exc:
             raise FlagsetError(f"cannot decode the document: {exc}", path=self.display_url) from exc
-        flagset = FlagSet.from_text(
-            text, format=fmt, source=self.display_url, fractional=self._fractional
-        )
+        flagset = load_text(text, format=fmt, source=self.display_url, fractional=self._fractional)
         self.etag = fetched.etag
         self.last_modified = fetched.last_modified
         self._accept(flagset)
@@ -276,48 +280,13 @@ class HttpSource(PollingSource):
             request.add_header("If-None-Match", self.etag)
         if self.last_modified is not None:
             request.add_header("If-Modified-Since", self.last_modified)
-        deadline = time.monotonic() + self.timeout
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                headers = response.headers
-                chunks: list[bytes] = []
-                size = 0
-                while chunk := response.read(65536):
-                    size += len(chunk)
-                    if size > _MAX_BYTES:
-                        raise SourceError(
-                            f"{self.display_url}: the document is larger than {_MAX_BYTES} bytes"
-                        )
-                    if time.monotonic() > deadline:
-                        raise SourceError(
-                            f"{self.display_url}: timed out after {self.timeout} s reading "
-                            "the document"
-                        )
-                    chunks.append(chunk)
-        except urllib.error.HTTPError as exc:
-            with exc:  # close its response, or it leaks a socket
-                if exc.code == 304:
-                    return Fetched(not_modified=True)
-                raise SourceError(
-                    f"{self.display_url}: HTTP {exc.code} {exc.reason}".rstrip()
-                ) from None
-        except urllib.error.URLError as exc:
-            reason = failure_reason(exc.reason, self.timeout)
-            raise SourceError(f"{self.display_url}: cannot fetch: {reason}") from exc
-        except (OSError, HTTPException, ValueError) as exc:
-            reason = failure_reason(exc, self.timeout)
-            raise SourceError(f"{self.display_url}: cannot fetch: {reason}") from exc
-        body = b"".join(chunks)
-        if (headers.get("Content-Encoding") or "").strip().lower() == "gzip":
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError) as exc:
-                raise SourceError(f"{self.display_url}: bad gzip body: {exc}") from exc
-        return Fetched(
-            body=body,
-            content_type=headers.get("Content-Type"),
-            etag=headers.get("ETag"),
-            last_modified=headers.get("Last-Modified"),
+        return fetch(
+            self._opener,
+            self._deadline,
+            request,
+            timeout=self.timeout,
+            max_bytes=self.max_bytes,
+            display_url=self.display_url,
         )
 
     def _confirm(self) -> None:
@@ -344,7 +313,7 @@ class HttpSource(PollingSource):
         if isinstance(cached, str):
             return cached
         try:
-            flagset = FlagSet.from_text(
+            flagset = load_text(
                 cached.text,
                 format=cached.format,
                 source=self.display_url,
