@@ -19,6 +19,7 @@ from flagwire import (
     FlagType,
     FlagwireError,
     Reason,
+    RequestFlags,
 )
 
 # -- reasons ---------------------------------------------------------------------------------
@@ -489,3 +490,92 @@ def test_explain_static_disabled_and_missing_flags(flags: FlagSet) -> None:
     assert "DISABLED" in disabled_steps[0][1]
     assert missing.error_code is ErrorCode.FLAG_NOT_FOUND
     assert missing_steps == []
+
+
+# -- lazy compilation and reuse ------------------------------------------------------------
+
+
+def _many_flags(n: int, version: str = "1") -> dict[str, Any]:
+    return {
+        "metadata": {"version": version},
+        "flags": {
+            f"f{i}": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off",
+                "targeting": {"if": [{"==": [{"var": "plan"}, f"p{i}"]}, "on", "off"]},
+            }
+            for i in range(n)
+        },
+    }
+
+
+def test_a_flag_is_compiled_when_first_evaluated_not_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flagwire._engine import compiled
+
+    calls: list[str] = []
+    real = compiled.compile_rule
+
+    def counting(logic: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["flag_key"])
+        return real(logic, **kwargs)
+
+    monkeypatch.setattr(compiled, "compile_rule", counting)
+    flagset = FlagSet.from_mapping(_many_flags(500))
+    assert calls == []
+    assert flagset.boolean("f7", False, {"plan": "p7"}) is True
+    assert flagset.boolean("f7", False, {"plan": "p8"}) is False
+    assert calls == ["f7"]
+    request = RequestFlags(flagset, {"plan": "p9"})
+    assert request.boolean("f9") is True
+    assert calls == ["f7", "f9"]
+
+
+def test_rule_problems_are_found_at_load_without_compiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flagwire._engine import compiled
+
+    monkeypatch.setattr(compiled, "compile_rule", None)  # must not be called
+    document = _many_flags(3)
+    document["flags"]["f1"]["targeting"] = {"if": [{"bogus": [1]}, "on", "onn"]}
+    flagset = FlagSet.from_mapping(document)
+    assert any('unknown operation "bogus"' in p and '"f1"' in p for p in flagset.problems)
+    assert any('chooses "onn"' in p for p in flagset.problems)
+
+
+def test_a_flag_that_cannot_be_compiled_gives_parse_error_not_an_exception(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flagwire._engine import compiled
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RecursionError("too deep")
+
+    monkeypatch.setattr(compiled, "generate_decider", broken)
+    flagset = FlagSet.from_mapping(_many_flags(2))
+    assignment = flagset.evaluate("f0", {"plan": "p0"}, False)
+    assert (assignment.value, assignment.error_code) == (False, ErrorCode.PARSE_ERROR)
+    assert "could not be compiled" in (assignment.error_message or "")
+    assert RequestFlags(flagset, {"plan": "p1"}).boolean("f1", True) is True
+    assert "could not be compiled" in caplog.text
+
+
+def test_a_reload_compiles_no_unchanged_flag_again() -> None:
+    from flagwire._engine.codegen import compile_source
+
+    first = FlagSet.from_mapping(_many_flags(50, version="1"))
+    for i in range(50):
+        first.boolean(f"f{i}", False, {"plan": "x"})
+    before = compile_source.cache_info()
+    changed = _many_flags(50, version="2")
+    changed["flags"]["f3"]["targeting"]["if"][0]["=="][1] = "other"
+    second = FlagSet.from_mapping(changed)
+    for i in range(50):
+        second.boolean(f"f{i}", False, {"plan": "x"})
+    after = compile_source.cache_info()
+    assert after.misses - before.misses == 2  # f3's rule and decider, nothing else
+    assert after.hits - before.hits >= 2 * 49
+    assert second.evaluate("f0", {"plan": "p0"}).flagset_version.startswith("2+")

@@ -39,6 +39,8 @@ def test_each_flag_is_evaluated_once_per_request(
     per_request_flags: FlagSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
+    for key in per_request_flags:  # compiled (flags compile on first use)
+        per_request_flags.decide(key, {})
     deciders = per_request_flags._deciders  # the per-request path: key -> decide(context)
 
     def spy(key: str, decide: Callable[[dict[str, Any]], Any]) -> Callable[..., Any]:

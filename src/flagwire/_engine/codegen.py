@@ -16,6 +16,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from functools import lru_cache
+from types import CodeType
 from typing import Any
 
 from . import flagd_ops as cops
@@ -30,7 +31,16 @@ from .jsonlogic_ops import (
     truthy,
 )
 
-__all__ = ["Leaf", "generate_rule"]
+__all__ = ["Leaf", "compile_source", "generate_rule"]
+
+
+@lru_cache(maxsize=4096)
+def compile_source(source: str, filename: str) -> CodeType:
+    """Python's ``compile``, kept by source: a flag set reloaded with a flag unchanged (or
+    a flag with the same code as another) compiles nothing again. Code objects are
+    immutable; what differs between uses is the namespace they are run in."""
+    return compile(source, filename, "exec")
+
 
 _BOOL = "bool"  # the expression is a bool, or None where Python truthiness is the same
 _ANY = "any"
@@ -373,8 +383,8 @@ def generate_rule(
     if re.fullmatch(r"_c\d+\(d\)", src):
         return generator.namespace[src[:-3]]  # type: ignore[no-any-return]
     try:
-        compiled = compile(
-            f"def rule(d):\n    return {src}\n", f"<flagwire rule {flag_key}>", "exec"
+        compiled = compile_source(
+            f"def rule(d):\n    return {src}\n", f"<flagwire rule {flag_key}>"
         )
         decision = generator.result(logic, "targeting")
     except (SyntaxError, RecursionError, MemoryError, ValueError):

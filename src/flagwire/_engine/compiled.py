@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, final
 
 from flagwire._types import MetadataValue
 
@@ -16,23 +16,15 @@ from .definitions import (
     FlagDefinition,
 )
 from .fitting import AS_IS, ONLY_NONE, UNSET, fit
+from .rule_problems import rule_problems
 from .variant_names import unknown_variant_names
 
-__all__ = ["CompiledFlag", "plain_copy"]
+__all__ = ["CompiledFlag", "flag_problems"]
 
 logger = logging.getLogger("flagwire")
 
 
 _EMPTY_CONTEXT: Final[dict[str, Any]] = {}
-
-
-def plain_copy(value: Any) -> Any:
-    """A deep copy made of dicts and lists, from any mappings and sequences."""
-    if isinstance(value, Mapping):
-        return {k: plain_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_copy(v) for v in value]
-    return value
 
 
 def _variant_name(value: Any) -> str:
@@ -43,12 +35,38 @@ def _variant_name(value: Any) -> str:
     return str(value)
 
 
+def _targeting_error(targeting: Any) -> str | None:
+    if not targeting or isinstance(targeting, dict):
+        return None  # flagd: a falsy rule ({} or null) means a static flag
+    return f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
+
+
+def flag_problems(definition: FlagDefinition, evaluators: Mapping[str, Any]) -> list[str]:
+    """What is wrong in a flag's targeting, found without compiling it: variant names that
+    are not the flag's, unknown operations, dangling ``$ref``s, a rule that is no object."""
+    key = definition.key
+    targeting = definition.targeting
+    problems: list[str] = []
+    if isinstance(targeting, dict):
+        at = f"flags.{key}.targeting"
+        problems.extend(unknown_variant_names(targeting, definition.variants, at))
+    if definition.enabled and targeting:  # a disabled flag's rule is never compiled
+        error = _targeting_error(targeting)
+        problems.extend([error] if error is not None else rule_problems(targeting, evaluators))
+    return [f'flag "{key}": {problem}' for problem in problems]
+
+
 _Match = tuple[Assignment, frozenset[type]]
 """A prebuilt result, and the default types it fits as is (the hot path's whole check)."""
 
 
+@final
 class CompiledFlag:
-    """A flag ready to evaluate: prebuilt results per variant, a compiled rule."""
+    """A flag ready to evaluate: prebuilt results per variant, a compiled rule.
+
+    ``rule_error`` makes every evaluation a ``PARSE_ERROR`` with that message (a rule that
+    could not be compiled at all).
+    """
 
     __slots__ = (
         "decide",
@@ -72,7 +90,7 @@ class CompiledFlag:
         version: str,
         fractional: str,
         evaluators: Mapping[str, Any],
-        problems: list[str],
+        rule_error: str | None = None,
     ) -> None:
         key = definition.key
         self.key = key
@@ -103,30 +121,23 @@ class CompiledFlag:
         self.default_result = result(dv, Reason.DEFAULT) if dv is not None else None
         self.static_result = result(dv, Reason.STATIC) if dv is not None else None
         self.rule: Compiled | None = None
-        self.rule_error: str | None = None
+        self.rule_error: str | None = rule_error
         self.decide: Callable[[dict[str, Any]], Assignment] = self._decide_without_rule
-        if isinstance(definition.targeting, dict):
-            at = f"flags.{key}.targeting"
-            found = unknown_variant_names(definition.targeting, definition.variants, at)
-            problems.extend(f'flag "{key}": {p}' for p in found)
         if self.disabled:
             self.static_result = None  # always the slow path, which says DISABLED
             return
         targeting = definition.targeting
-        if not targeting:
-            return  # flagd: a falsy rule ({} or null) means a static flag
-        if not isinstance(targeting, dict):
-            self.rule_error = (
-                f"targeting must be a JsonLogic object, not {type(targeting).__name__}"
-            )
-            problems.append(f'flag "{key}": {self.rule_error}')
+        if rule_error is None:
+            self.rule_error = _targeting_error(targeting)
+        if self.rule_error is not None:
             self.static_result = None  # the slow path gives PARSE_ERROR
             return
-        rule, found = compile_rule(
+        if not targeting:
+            return
+        rule, _ = compile_rule(
             targeting, flag_key=key, fractional=fractional, evaluators=evaluators
         )
         self.rule = rule
-        problems.extend(f'flag "{key}": {p}' for p in found)
         self.decide = generate_decider(
             rule, {v: m[0] for v, m in self.matches.items()}, self.resolve, self.failed, key
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .codegen import Leaf
+from .codegen import Leaf, compile_source
 
 __all__ = ["generate_decider"]
 
@@ -57,7 +57,7 @@ def generate_decider(
         expr, namespace = "_pick(_rule(d))", {"_rule": rule}
     else:
         expr, namespace = source
-    code = compile(_DECIDER.format(expr=expr), f"<flagwire decider {name}>", "exec")
+    code = compile_source(_DECIDER.format(expr=expr), f"<flagwire decider {name}>")
     scope = {key: realize(value) for key, value in namespace.items()}
     scope.update(_pick=pick, _failed=failed)
     exec(code, scope)

@@ -10,7 +10,6 @@ problem is listed in :attr:`FlagsetDocument.problems` (and by ``flagwire validat
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ __all__ = [
     "FlagsetDocument",
     "RefSubstitution",
     "parse_document",
+    "plain_copy",
     "read_document",
     "substitute_refs",
 ]
@@ -142,7 +142,11 @@ class _Validator:
             raise self.fail(
                 f"a flag must be an object, not {_kind(data)}", flag=key, pointer=pointer
             )
-        unknown = sorted(str(k) for k in data if k not in _FLAG_PROPERTIES)
+        unknown = (
+            []
+            if _FLAG_PROPERTIES.issuperset(data)
+            else sorted(str(k) for k in data if k not in _FLAG_PROPERTIES)
+        )
         if unknown:
             raise self.fail(
                 f"unknown propert{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}"
@@ -265,6 +269,15 @@ class _Validator:
         )
 
 
+def plain_copy(value: Any) -> Any:
+    """A deep copy made of dicts and lists, from any mappings and sequences."""
+    if isinstance(value, Mapping):
+        return {k: plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_copy(v) for v in value]
+    return value
+
+
 class RefSubstitution:
     """Replaces ``{"$ref": "name"}`` with the evaluator, exactly as flagd does, in one walk.
 
@@ -283,7 +296,7 @@ class RefSubstitution:
         self._expanded: dict[str, Any] = {}
 
     def __call__(self, targeting: Any) -> Any:
-        if not self._order:
+        if not self._order or not _may_have_refs(targeting):
             return targeting
         return self._walk(targeting, 0)
 
@@ -300,11 +313,17 @@ class RefSubstitution:
             if len(node) == 1:
                 name = node.get("$ref")
                 if isinstance(name, str) and self._order.get(name, -1) >= first:
-                    return copy.deepcopy(self._expansion(name))  # each use its own copy
+                    return plain_copy(self._expansion(name))  # each use its own copy
             return {k: self._walk(v, first) for k, v in node.items()}
         if isinstance(node, list):
             return [self._walk(item, first) for item in node]
         return node
+
+
+def _may_have_refs(targeting: Any) -> bool:
+    # Most rules have no $ref: one pass in C (repr) instead of a walk in Python. A string
+    # that happens to contain '$ref' only costs the walk.
+    return isinstance(targeting, (dict, list)) and "'$ref'" in repr(targeting)
 
 
 def substitute_refs(targeting: Any, evaluators: Mapping[str, Any]) -> Any:
@@ -340,7 +359,7 @@ def parse_text(text: str, source: str | None = None, fmt: str | None = None) -> 
     use_yaml = fmt == "yaml" if fmt is not None else _looks_like_yaml(source, text)
     try:
         raw = yaml.load(text, Loader=Yaml12Loader) if use_yaml else json.loads(text)
-        check_tree(raw)
+        check_tree(raw, keys=use_yaml)  # JSON keys are strings
         return raw
     except DocumentProblem as exc:
         raise FlagsetError(str(exc), path=source) from None

@@ -67,9 +67,39 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> i
     return size
 
 
-def check_tree(raw: Any) -> None:
+def check_tree(raw: Any, *, keys: bool = True) -> None:
     """Refuse what no flag file has and later steps cannot take: nesting deeper than
-    :data:`MAX_DEPTH`, mappings whose keys mix types (they cannot be ordered)."""
+    :data:`MAX_DEPTH`, mappings whose keys mix types (they cannot be ordered; ``keys``
+    False skips that check, for parsers whose keys are always strings)."""
+    # A fast pass over the containers alone; the problem, if there is one, is then found
+    # again with its JSON path (building a path for every node would cost more than the
+    # parse itself).
+    level: list[Any] = [raw]
+    depth = 0
+    while level:
+        below: list[Any] = []
+        for node in level:
+            children: Any
+            if type(node) is dict:
+                if keys and _mixed_keys(node):
+                    _locate(raw)
+                children = node.values()
+            elif type(node) is list:
+                children = node
+            else:
+                continue
+            if children and depth >= MAX_DEPTH:
+                _locate(raw)
+            below.extend([c for c in children if type(c) is dict or type(c) is list])
+        level = below
+        depth += 1
+
+
+def _mixed_keys(node: dict[Any, Any]) -> bool:
+    return not all(type(key) is str for key in node) and len({type(key) for key in node}) > 1
+
+
+def _locate(raw: Any) -> None:
     stack: list[tuple[Any, str, int]] = [(raw, "$", 0)]
     while stack:
         node, pointer, depth = stack.pop()

@@ -14,13 +14,14 @@ from flagwire._errors import ConfigError, FlagsetError
 from flagwire._types import Context, MetadataValue
 
 from .assignment import Assignment, ErrorCode, FlagType, Reason
-from .compiled import CompiledFlag, plain_copy
+from .compiled import CompiledFlag, flag_problems
 from .compiler import TraceStep, compile_rule
 from .definitions import (
     FlagDefinition,
     FlagsetDocument,
     parse_document,
     parse_text,
+    plain_copy,
     read_document,
 )
 from .expiry import warn_expired
@@ -44,12 +45,15 @@ class FlagSet:
     call :meth:`evaluate` as often as you like: it never raises, never interprets JSON,
     and for static flags returns a prebuilt :class:`Assignment`.
 
+    Loading validates every flag and finds every rule's problems, but compiles a flag
+    only when it is first evaluated: a flag set of 10,000 flags of which a service reads
+    20 costs the memory and time of 20 compiled flags. Compiled code is kept by its
+    source, so a reload that leaves a flag as it was compiles nothing for it again.
+
     Attributes:
         version: The flag-set ``metadata.version``, if the document has one.
         digest: A content digest (``sha256:`` + 12 hex digits), always present.
         fractional: The fractional bucketing algorithm in force (``"v2"`` or ``"v3"``).
-        problems: Problems in targeting rules that did not stop the load (each such flag
-            gives ``PARSE_ERROR`` when its broken part is evaluated).
         source: The file (or name) the flag set came from.
     """
 
@@ -57,10 +61,10 @@ class FlagSet:
         "_deciders",
         "_evaluators",
         "_flags",
+        "_problems",
         "digest",
         "fractional",
         "metadata",
-        "problems",
         "source",
         "version",
     )
@@ -86,20 +90,13 @@ class FlagSet:
         self.digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
         meta_version = document.metadata.get("version")
         self.version: str | None = None if meta_version is None else str(meta_version)
-        label = self.version_label
         self._evaluators: Mapping[str, Any] = document.evaluators
-        problems: list[str] = []
-        self._flags = {
-            key: CompiledFlag(
-                d, document.metadata, label, self.fractional, document.evaluators, problems
-            )
-            for key, d in document.flags.items()
-        }
-        self.problems: tuple[str, ...] = tuple(problems)
-        # key -> decide(context): the per-request path (see RequestFlags).
-        self._deciders: dict[str, Callable[[dict[str, Any]], Assignment]] = {
-            key: flag.decide for key, flag in self._flags.items()
-        }
+        # A flag is its definition until it is first evaluated, then its CompiledFlag.
+        self._flags: dict[str, CompiledFlag | FlagDefinition] = dict(document.flags)
+        self._problems: tuple[str, ...] | None = None
+        # key -> decide(context) of the compiled flags: the per-request path (see
+        # RequestFlags); a flag not compiled yet takes decide(), which compiles it.
+        self._deciders: dict[str, Callable[[dict[str, Any]], Assignment]] = {}
         warn_expired(document.flags, document.metadata.get("owner"))
 
     # -- construction -------------------------------------------------------------------
@@ -147,6 +144,24 @@ class FlagSet:
     # -- inspection -----------------------------------------------------------------------
 
     @property
+    def problems(self) -> tuple[str, ...]:
+        """Problems in targeting rules that did not stop the load (each such flag gives
+        ``PARSE_ERROR`` when its broken part is evaluated), found on first use (they are
+        found without compiling; sources log them once a new flag set is in force)."""
+        problems = self._problems
+        if problems is None:
+            definitions = [
+                flag.definition if isinstance(flag, CompiledFlag) else flag
+                for flag in self._flags.values()
+            ]
+            problems = self._problems = tuple(
+                problem
+                for definition in definitions
+                for problem in flag_problems(definition, self._evaluators)
+            )
+        return problems
+
+    @property
     def version_label(self) -> str:
         """``version`` and ``digest`` in one string, as put on every assignment."""
         return self.digest if self.version is None else f"{self.version}+{self.digest}"
@@ -166,7 +181,33 @@ class FlagSet:
     def definition(self, key: str) -> FlagDefinition | None:
         """The flag's definition as written, or ``None`` if there is no such flag."""
         flag = self._flags.get(key)
-        return None if flag is None else flag.definition
+        return flag.definition if isinstance(flag, CompiledFlag) else flag
+
+    def _compiled(self, key: str) -> CompiledFlag | None:
+        flag = self._flags.get(key)
+        if flag is None or type(flag) is CompiledFlag:
+            return flag
+        return self._compile(flag)
+
+    def _compile(self, definition: FlagDefinition) -> CompiledFlag:
+        # Two threads may compile one flag at once: both get a correct flag, one is kept.
+        try:
+            flag = CompiledFlag(
+                definition, self.metadata, self.version_label, self.fractional, self._evaluators
+            )
+        except Exception as exc:  # a flag that cannot be compiled never fails a caller
+            logger.exception('flagwire: flag "%s" could not be compiled', definition.key)
+            flag = CompiledFlag(
+                definition,
+                self.metadata,
+                self.version_label,
+                self.fractional,
+                self._evaluators,
+                rule_error=f"the rule could not be compiled: {type(exc).__name__}: {exc}",
+            )
+        self._flags[definition.key] = flag
+        self._deciders[definition.key] = flag.decide
+        return flag
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -194,8 +235,10 @@ class FlagSet:
             The :class:`Assignment`.
         """
         flag = self._flags.get(key)
-        if flag is None:
-            return self._not_found(key, default)
+        if type(flag) is not CompiledFlag:
+            if not isinstance(flag, FlagDefinition):
+                return self._not_found(key, default)
+            flag = self._compile(flag)
         # The hot path: a prebuilt result that fits the caller's default as it is.
         # (The expected type as the Python type of a default: the typed getters' flag_type
         # and an untyped call's default are checked the same way.)
@@ -224,7 +267,7 @@ class FlagSet:
         The per-request path: what is decided here is memoised, and callers' defaults
         and types are applied afterwards (see :func:`fit`).
         """
-        flag = self._flags.get(key)
+        flag = self._compiled(key)
         if flag is None:
             return self._not_found(key, None)
         return flag.decide(context)
@@ -232,7 +275,7 @@ class FlagSet:
     def propagated(self, key: str, variant: str) -> Assignment | None:
         """The assignment for an upstream decision, if this flag set can honour it: the
         flag exists here, is enabled, and has that variant."""
-        flag = self._flags.get(key)
+        flag = self._compiled(key)
         return None if flag is None else flag.propagated.get(variant)
 
     def _not_found(self, key: str, default: Any) -> Assignment:
@@ -282,7 +325,7 @@ class FlagSet:
         ``flagwire explain``, not for request paths.
         """
         assignment = self.evaluate(key, context, default, flag_type=flag_type)
-        flag = self._flags.get(key)
+        flag = self._compiled(key)
         steps: list[TraceStep] = []
         if flag is None:
             return assignment, steps

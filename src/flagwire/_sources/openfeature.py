@@ -155,7 +155,7 @@ class _Bridge:
             if flag.default_variant is not None
             else _ZERO[flag.flag_type]
         )
-        self.metadata = flagset._flags[key].metadata
+        self.metadata = flagset._compiled(key).metadata  # type: ignore[union-attr]
         self.version = flagset.version_label
         self._complained: set[str] = set()
 
