@@ -7,6 +7,7 @@ neighbours) and every pick is checked against :meth:`Bucketer.pick`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -75,3 +76,88 @@ def test_big_totals_keep_exact_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     for h in _edges(weights):
         hashed[0] = h
         assert flagset.evaluate("split", {"targetingKey": "x"}).variant == bucketer.pick(h)
+
+
+# -- bucketing expressions and cat: generated, and the same as the closures ---------------------
+
+BUCKETING_RULES = {
+    "by-flag-and-user": {
+        "fractional": [
+            {"cat": [{"var": "$flagd.flagKey"}, {"var": "targetingKey"}]},
+            ["on", 25],
+            ["off", 75],
+        ]
+    },
+    "by-tenant": {
+        "fractional": [
+            {"cat": [{"var": "tenant"}, "-", {"var": "targetingKey"}]},
+            ["a", 30],
+            ["b", 30],
+            ["c", 40],
+        ]
+    },
+    "by-var": {"fractional": [{"var": "email"}, ["on", 50], ["off", 50]]},
+    "cat-of-everything": {
+        "if": [
+            {
+                "==": [
+                    {"cat": [1, True, None, 2.5, {"var": "n"}, {"var": "flag"}]},
+                    "1truenull2.57true",
+                ]
+            },
+            "on",
+            "off",
+        ]
+    },
+}
+CONTEXTS: list[dict[str, Any]] = [
+    {},
+    {"targetingKey": "u1"},
+    {"targetingKey": "u2", "tenant": "acme", "email": "a@b.c"},
+    {"targetingKey": "", "tenant": "", "email": ""},
+    {"targetingKey": 7, "tenant": None, "email": 3},
+    {"targetingKey": "u3", "tenant": ["x"], "email": None, "n": 7, "flag": True},
+    *({"targetingKey": f"user-{i}", "tenant": f"t{i % 3}", "email": f"{i}@x"} for i in range(200)),
+]
+
+
+def _document() -> dict[str, Any]:
+    variants = {"on": "on", "off": "off", "a": "a", "b": "b", "c": "c"}
+    return {
+        "flags": {
+            key: {
+                "state": "ENABLED",
+                "variants": variants,
+                "defaultVariant": "off",
+                "targeting": rule,
+            }
+            for key, rule in BUCKETING_RULES.items()
+        }
+    }
+
+
+@pytest.mark.parametrize("fractional", ["v2", "v3"])
+def test_bucketing_expressions_and_cat_are_generated_code(fractional: str) -> None:
+    flagset = FlagSet.from_mapping(_document(), fractional=fractional)
+    for key in BUCKETING_RULES:
+        flagset.decide(key, {})
+        decider = flagset._deciders[key]
+        assert decider.__code__.co_filename == f"<flagwire decider {key}>", key
+        closures = [n for n in decider.__code__.co_names if re.fullmatch(r"_c\d+", n)]
+        assert closures == [], key  # the generator's names for closure calls
+
+
+@pytest.mark.parametrize("fractional", ["v2", "v3"])
+def test_generated_bucketing_agrees_with_the_closure_compiler(fractional: str) -> None:
+    from flagwire._engine.compiler import compile_rule
+
+    flagset = FlagSet.from_mapping(_document(), fractional=fractional)
+    for key, rule in BUCKETING_RULES.items():
+        # trace= makes compile_rule build closures only (explain's path).
+        closures, _ = compile_rule(rule, flag_key=key, fractional=fractional, trace=[])
+        for context in CONTEXTS:
+            expected = closures(dict(context))
+            decided = RequestFlags(flagset, context).details(key)
+            assert decided.variant == (expected or "off") or (
+                expected is None and decided.variant == "off"
+            ), (key, context, expected, decided)

@@ -20,7 +20,9 @@ from types import CodeType
 from typing import Any
 
 from . import flagd_ops as cops
+from .codegen_flagd import ANY, BOOL, FlagdOps, Leaf
 from .jsonlogic_ops import (
+    cat_piece,
     equals,
     greater,
     greater_equal,
@@ -42,14 +44,13 @@ def compile_source(source: str, filename: str) -> CodeType:
     return compile(source, filename, "exec")
 
 
-_BOOL = "bool"  # the expression is a bool, or None where Python truthiness is the same
-_ANY = "any"
+_BOOL, _ANY = BOOL, ANY
 
 _ORDER_FALLBACK = {"<": less, ">": greater, "<=": less_equal, ">=": greater_equal}
 _INLINE_LITERAL = (str, int, bool, type(None))
 
 
-class _Generator:
+class _Generator(FlagdOps):
     def __init__(
         self,
         flag_key: str,
@@ -67,6 +68,7 @@ class _Generator:
             "_bisect": bisect_right,
             "_hash": cops._hash,
             "_cbor": cops.canonical_cbor,
+            "cat_piece": cat_piece,
         }
         self._n = 0
 
@@ -117,6 +119,8 @@ class _Generator:
         if not args or len(args) > 2:
             return None
         key = args[0]
+        if key == "$flagd.flagKey" and len(args) == 1:
+            return repr(self.flag_key), _ANY  # a constant of the flag, as flagd injects it
         if not isinstance(key, str) or not key or "." in key or key == "$flagd":
             return None
         get = f"d.get({key!r})"
@@ -205,81 +209,6 @@ class _Generator:
             return None
         return f"(not {self.cond(args[0], f'{at}/0')})", _BOOL
 
-    def string_op(self, method: str, args: list[Any], at: str) -> tuple[str, str] | None:
-        if len(args) != 2 or not isinstance(args[1], str) or is_literal(args[0]):
-            return None
-        value, _ = self.expr(args[0], f"{at}/0")
-        t = self.temp()
-        return f"({t}.{method}({args[1]!r}) if type({t} := {value}) is str else None)", _BOOL
-
-    def sem_ver(self, args: list[Any], at: str) -> tuple[str, str] | None:
-        if len(args) != 3 or is_literal(args[0]) or not is_literal(args[1]):
-            return None
-        if not is_literal(args[2]):
-            return None
-        compare = cops.semver_operator(args[1])
-        right = cops.parse_semver(args[2])
-        if compare is None or right is None:
-            return None
-
-        def check(value: Any) -> bool | None:
-            left = cops.parse_semver(value)
-            return None if left is None else compare(left, right)
-
-        # Versions in a population repeat: remember the answer per version string.
-        cached = lru_cache(maxsize=1024)(check)
-        value, _ = self.expr(args[0], f"{at}/0")
-        t = self.temp()
-        return (
-            f"({self.name(cached)}({t}) if type({t} := {value}) is str "
-            f"else {self.name(check)}({t}))"
-        ), _BOOL
-
-    def fractional(self, args: list[Any], at: str) -> tuple[str, str] | None:
-        found = self.buckets(args, results=False)
-        return None if found is None else (found, _ANY)
-
-    def buckets(self, args: list[Any], *, results: bool) -> str | None:
-        """The shorthand ``fractional`` over literal buckets: the variant name (or, with
-        ``results``, the prebuilt result) of the targeting key's bucket."""
-        if not args or not isinstance(args[0], list) or not is_literal(args):
-            return None  # only the shorthand over literal buckets is inlined
-        bucketer = cops.Bucketer.parse(args)
-        if bucketer is None or not 0 < bucketer.total <= cops.MAX_WEIGHT_SUM:
-            return None
-        t = self.temp()
-        if self.algorithm == "v2":
-            hashed = f"_hash({self.flag_key!r} + {t}, 0, False)"
-        else:
-            prefix = b"\x82" + cops.canonical_cbor(self.flag_key)
-            hashed = f"_hash({prefix!r} + _cbor({t}), 0, False)"
-        # A missing, empty or non-string targeting key gives the default, as in flagd.
-        guard = f"({t} := d.get('targetingKey')) and type({t}) is str"
-        if results:
-            names = [self.leaf(v) for v in bucketer.variants]
-            missing = self.leaf(None)
-        else:
-            names = [self.literal(v) for v in bucketer.variants]
-            missing = "None"
-        # The bucket is (hash * total) >> 32, and bucket < end exactly when
-        # hash < ceil(end * 2**32 / total): compare the hash with precomputed limits (no
-        # big-int multiply and shift per evaluation).
-        total = bucketer.total
-        limits = tuple(-(-(end << 32) // total) for end in bucketer.ends)
-        if 2 <= len(names) <= _INLINE_BUCKETS:
-            # bisect_right(limits, hash), unrolled: the first bucket whose limit is above.
-            h = self.temp()
-            chain = f"{names[0]} if ({h} := {hashed}) < {limits[0]}"
-            for name, limit in zip(names[1:-1], limits[1:-1], strict=True):
-                chain += f" else {name} if {h} < {limit}"
-            picked = f"({chain} else {names[-1]})"
-        else:
-            table = self.name(
-                tuple(Leaf(v) for v in bucketer.variants) if results else bucketer.variants
-            )
-            picked = f"{table}[_bisect({self.name(limits)}, {hashed})]"
-        return f"({picked} if {guard} else {missing})"
-
     # -- decisions: the rule with its tail values replaced by prebuilt results ----------
 
     def leaf(self, value: Any) -> str:
@@ -322,16 +251,6 @@ class _Generator:
         return src
 
 
-class Leaf:
-    """Stands, in a generated namespace, for the result of a literal rule value."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-_INLINE_BUCKETS = 4
 _LEAF_TYPES = (str, int, float, bool, type(None))
 
 
@@ -354,6 +273,7 @@ _HANDLERS: dict[str, _Handler] = {
     "ends_with": lambda g, a, at: g.string_op("endswith", a, at),
     "sem_ver": _Generator.sem_ver,
     "fractional": _Generator.fractional,
+    "cat": _Generator.cat,
 }
 
 

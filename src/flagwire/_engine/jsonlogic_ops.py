@@ -66,7 +66,7 @@ def to_string(value: Any) -> str:
     return str(value)
 
 
-def _cat_piece(value: Any) -> str:
+def cat_piece(value: Any) -> str:
     # cat writes a boolean as JavaScript and flagd's daemon do ("true"), not as Python.
     if value is True or value is False:
         return "true" if value else "false"
@@ -309,7 +309,7 @@ VALUE_OPS: dict[str, Callable[..., Any]] = {
     "in": contains,
     "min": lambda *args: min(to_number(a) for a in args) if args else NAN,
     "max": lambda *args: max(to_number(a) for a in args) if args else NAN,
-    "cat": lambda *args: "".join(_cat_piece(a) for a in args),
+    "cat": lambda *args: "".join(cat_piece(a) for a in args),
     "substr": substr,
     "merge": merge,
     "log": lambda a=None, *_: a,
