@@ -51,29 +51,34 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _IndexedHeaders(Headers):
-    """Starlette's ``Headers``, with the lookups extractors make answered from a dict
-    built on the first one (Starlette's scan the raw list and re-encode the name per
-    lookup; an extractor makes several)."""
+    """Starlette's ``Headers``, with the lookups extractors make answered from a dict of
+    the raw headers built on the first one (Starlette's scan the raw list per lookup; an
+    extractor makes several). Values are decoded only when asked for."""
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self._list = raw
-        self._index: dict[str, str] | None = None
+        self._index: dict[bytes, bytes] | None = None
 
-    def _indexed(self) -> dict[str, str]:
+    def _indexed(self) -> dict[bytes, bytes]:
         # ASGI header names are lower-case; reversed, so that the first of a repeated
         # header wins, as in Starlette's own lookup.
-        index = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(self._list)}
-        self._index = index
+        index = self._index = dict(reversed(self._list))
         return index
 
     def get(self, key: str, default: Any = None) -> Any:
-        return (self._index or self._indexed()).get(key.lower(), default)
+        value = (self._index or self._indexed()).get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
     def __getitem__(self, key: str) -> str:
-        return (self._index or self._indexed())[key.lower()]
+        value = (self._index or self._indexed()).get(key.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(key)
+        return value.decode("latin-1")
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower() in (self._index or self._indexed())
+        return isinstance(key, str) and (
+            key.lower().encode("latin-1") in (self._index or self._indexed())
+        )
 
 
 class ExtractorRequest(Request):
