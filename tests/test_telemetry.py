@@ -853,11 +853,34 @@ def test_expiring_flags(registry: CollectorRegistry) -> None:
     expiry = by_labels(
         registry, "flagwire_flag_expiry_timestamp_seconds", ("source", "flag", "owner")
     )
+    # Expired (and expiring within 30 days) flags have a series; 2999 is too far to matter.
     assert expiry == {
         ("expiring.json", "old-promo", "growth"): 1577923199.0,  # 2020-01-01T23:59:59Z
-        ("expiring.json", "future-promo", "growth"): 32503679999.0,  # 2999-12-31T23:59:59Z
     }
     assert registry.get_sample_value("flagwire_flags_expired", {"source": "expiring.json"}) == 1
+
+
+def test_flags_expiring_within_30_days_have_a_series_and_far_ones_none(
+    registry: CollectorRegistry,
+) -> None:
+    import datetime as dt
+
+    soon = (dt.date.today() + dt.timedelta(days=10)).isoformat()
+    later = (dt.date.today() + dt.timedelta(days=40)).isoformat()
+    flag = {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}
+    document = {
+        "flags": {
+            "soon": {**flag, "metadata": {"expires": soon, "owner": "a"}},
+            "later": {**flag, "metadata": {"expires": later, "owner": "b"}},
+        }
+    }
+    flagset = FlagSet.from_mapping(document, source="window.json")
+    PrometheusTelemetry(registry=registry, sources=[StaticSource(flagset)])
+    expiry = by_labels(
+        registry, "flagwire_flag_expiry_timestamp_seconds", ("source", "flag", "owner")
+    )
+    assert set(expiry) == {("window.json", "soon", "a")}
+    assert registry.get_sample_value("flagwire_flags_expired", {"source": "window.json"}) == 0
 
 
 def test_sources_added_later_are_exported(registry: CollectorRegistry) -> None:

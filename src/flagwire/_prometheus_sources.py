@@ -4,16 +4,23 @@ source collector of :mod:`flagwire.prometheus`)."""
 from __future__ import annotations
 
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
+from ._engine.flagset import FlagSet
 from ._sources.base import Source
 from ._telemetry import expiries, label_text
 
-__all__ = ["SourceCollector"]
+__all__ = ["EXPIRY_WINDOW", "SourceCollector"]
+
+EXPIRY_WINDOW = 30 * 86400
+"""Flags that expire within this many seconds (or have expired) get an expiry series; the
+rest, often most of a large flag set, would only make every scrape bigger."""
 
 
 class SourceCollector(Collector):
@@ -21,6 +28,10 @@ class SourceCollector(Collector):
 
     def __init__(self, sources: Iterable[Source] = ()) -> None:
         self._sources = list(sources)
+        # Per source: the flag set last exported and its expiry samples. A flag set never
+        # changes, so a scrape rebuilds them only after a reload (10,000 flags: one walk
+        # per version, not per scrape).
+        self._expiries: dict[int, tuple[FlagSet, str, list[float], list[Sample]]] = {}
 
     def add(self, source: Source) -> None:
         """Export one more source (once, however often it is added)."""
@@ -46,7 +57,8 @@ class SourceCollector(Collector):
         )
         expiry = GaugeMetricFamily(
             "flagwire_flag_expiry_timestamp_seconds",
-            "When a flag expires (metadata.expires, end of day UTC).",
+            "When a flag expires (metadata.expires, end of day UTC): the flags expired or "
+            "expiring within 30 days.",
             labels=["source", "flag", "owner"],
         )
         expired = GaugeMetricFamily(
@@ -62,9 +74,26 @@ class SourceCollector(Collector):
                 loaded.add_metric([name], status.last_good_load.timestamp())
             up.add_metric([name], 1 if status.ok else 0)
             failures.add_metric([name], status.failures)
-            count = 0
-            for key, owner, when in expiries(flagset):
-                expiry.add_metric([name, label_text(key), label_text(owner)], when)
-                count += when < now
-            expired.add_metric([name], count)
+            whens, samples = self._expiry_samples(source, flagset, name)
+            expiry.samples.extend(samples[: bisect_right(whens, now + EXPIRY_WINDOW)])
+            expired.add_metric([name], bisect_left(whens, now))
         yield from (info, loaded, up, failures, expiry, expired)
+
+    def _expiry_samples(
+        self, source: Source, flagset: FlagSet, name: str
+    ) -> tuple[list[float], list[Sample]]:
+        cached = self._expiries.get(id(source))
+        if cached is not None and cached[0] is flagset and cached[1] == name:
+            return cached[2], cached[3]
+        found = sorted((when, key, owner) for key, owner, when in expiries(flagset))
+        whens = [when for when, _, _ in found]
+        samples = [
+            Sample(
+                "flagwire_flag_expiry_timestamp_seconds",
+                {"source": name, "flag": label_text(key), "owner": label_text(owner)},
+                when,
+            )
+            for when, key, owner in found
+        ]
+        self._expiries[id(source)] = (flagset, name, whens, samples)
+        return whens, samples

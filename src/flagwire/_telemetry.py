@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from ._engine.assignment import Assignment, ErrorCode
@@ -130,8 +131,13 @@ def bounded(decisions: Mapping[str, Assignment], max_flags: int) -> list[tuple[s
 def _expiry(value: object) -> float | None:
     if not isinstance(value, str):
         return None
+    return _day_end(value[:10])
+
+
+@lru_cache(maxsize=4096)  # a flag set's expiry dates repeat (the end of a quarter, ...)
+def _day_end(value: str) -> float | None:
     try:
-        day = date.fromisoformat(value[:10])
+        day = date.fromisoformat(value)
     except ValueError:
         return None
     # A flag expires at the end of its expiry day (UTC).

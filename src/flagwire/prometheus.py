@@ -20,7 +20,8 @@ Metrics (names follow Prometheus conventions; labels are bounded):
 - ``flagwire_source_up`` (gauge; source): 1 if the last load succeeded, else 0;
 - ``flagwire_source_failures_total`` (counter; source);
 - ``flagwire_flag_expiry_timestamp_seconds`` (gauge; source, flag, owner): from
-  ``metadata.expires`` (end of that day, UTC);
+  ``metadata.expires`` (end of that day, UTC), for the flags expired or expiring within 30
+  days (the rest would only grow every scrape; built once per flag-set version);
 - ``flagwire_flags_expired`` (gauge; source): flags past their expiry now;
 - ``flagwire_events_total``, ``flagwire_event_value_total``,
   ``flagwire_event_value_squared_total`` (counters; flag, variant, event): tracked events
