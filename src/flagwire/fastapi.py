@@ -35,10 +35,11 @@ def get_flags(request: Request) -> RequestFlags:
     return current_flags()
 
 
-async def _flags_dependency(request: Request) -> RequestFlags:
-    # ``async`` so that FastAPI calls it in the request's own task: a plain ``def``
-    # dependency costs every request a hop through the thread pool. ``request`` ties the
-    # dependency to a request, so FastAPI evaluates it per request.
+async def _flags_dependency() -> RequestFlags:
+    # ``async`` so that FastAPI calls it in the request's own task (a plain ``def``
+    # dependency costs every request a hop through the thread pool), and no parameters:
+    # FastAPI solves dependencies once per request anyway, and a ``Request`` parameter
+    # would cost building one.
     return current_flags()
 
 
