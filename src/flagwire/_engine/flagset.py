@@ -38,6 +38,31 @@ FRACTIONAL_METADATA_KEY: Final = "flagwire.fractional"
 _EMPTY_CONTEXT: Final[dict[str, Any]] = {}
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _canonical_digest(raw: Any) -> str:
+    """SHA-256 of the document's canonical JSON (sorted keys, no whitespace), written two
+    levels at a time: the same text as one ``json.dumps`` of the whole document, in many
+    short calls instead of one long one that holds the GIL through a reload of a large
+    file (a server's requests wait on it)."""
+    digest = hashlib.sha256()
+
+    def write(value: Any, depth: int) -> None:
+        if depth == 0 or not isinstance(value, dict) or not all(type(k) is str for k in value):
+            digest.update(_canonical(value).encode())
+            return
+        digest.update(b"{")
+        for i, key in enumerate(sorted(value)):
+            digest.update((b"," if i else b"") + _canonical(key).encode() + b":")
+            write(value[key], depth - 1)
+        digest.update(b"}")
+
+    write(raw, 2)
+    return digest.hexdigest()
+
+
 class FlagSet:
     """An immutable, compiled, versioned set of flags.
 
@@ -86,8 +111,7 @@ class FlagSet:
         self.fractional = str(chosen)
         self.source = document.source
         self.metadata: Mapping[str, MetadataValue] = MappingProxyType(dict(document.metadata))
-        canonical = json.dumps(document.raw, sort_keys=True, separators=(",", ":"), default=str)
-        self.digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        self.digest = "sha256:" + _canonical_digest(document.raw)[:12]
         meta_version = document.metadata.get("version")
         self.version: str | None = None if meta_version is None else str(meta_version)
         self._evaluators: Mapping[str, Any] = document.evaluators
