@@ -90,12 +90,27 @@ def decode_text(text: str) -> str:
     return _decode_cached(text) if len(text) <= _CACHED_MAX else _decode(text)
 
 
+_PIECES: dict[tuple[str, str], str] = {}
+_LINES: dict[tuple[str, str], str] = {}
+_PAIRS_MAX: Final = 8192  # flag keys and variants: a flag set's worth, or an attacker's
+
+
+def _remember(cache: dict[tuple[str, str], str], pair: tuple[str, str], text: str) -> str:
+    if len(pair[0]) + len(pair[1]) <= _CACHED_MAX and len(cache) < _PAIRS_MAX:
+        cache[pair] = text
+    return text
+
+
 def packed_piece(key: str, variant: str) -> str:
     """One assignment as it is written inside a packed member's value."""
-    return encode_text(_token_cached(key) if len(key) <= _CACHED_MAX else _token(key)) + (
-        "~"
-        + encode_text(_token_cached(variant) if len(variant) <= _CACHED_MAX else _token(variant))
+    pair = (key, variant)
+    return _PIECES.get(pair) or _remember(
+        _PIECES, pair, encode_text(_tokenised(key)) + "~" + encode_text(_tokenised(variant))
     )
+
+
+def _tokenised(text: str) -> str:
+    return _token_cached(text) if len(text) <= _CACHED_MAX else _token(text)
 
 
 def _untoken(text: str) -> str:
@@ -117,8 +132,10 @@ def unpack(value: str) -> tuple[tuple[str, str], ...] | None:
     return _unpack(value) if len(value) <= MAX_MEMBER_BYTES else _unpack.__wrapped__(value)
 
 
-def _line(key: str, variant: str) -> str:
-    return encode_text(key) + "=" + encode_text(variant)
+def _line(pair: tuple[str, str]) -> str:
+    return _LINES.get(pair) or _remember(
+        _LINES, pair, encode_text(pair[0]) + "=" + encode_text(pair[1])
+    )
 
 
 def signed_message(
@@ -132,6 +149,6 @@ def signed_message(
     another; and since only decoded values count, a hop that re-encodes the members
     (``%20`` or ``+``) or reorders them changes nothing.
     """
-    lines = [_line(k, v) for k, v in pairs]
+    lines = [_LINES.get(pair) or _line(pair) for pair in pairs]
     head = [version, encode_text(targeting_key), encode_text(flagset), str(expires)]
     return "\n".join([*head, *lines]).encode()
