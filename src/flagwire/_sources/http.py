@@ -175,25 +175,7 @@ class HttpSource(PollingSource):
 
         cache_problem = self._load_cache()
         first_error = self._poll()
-        if first_error is not None and len(self.flagset) == 0 and not self.from_cache:
-            reason = f"no flag set: {first_error}"
-            if cache_problem:
-                reason += f"; cache: {cache_problem}"
-            if strict:
-                raise SourceError(reason) from first_error
-            logger.warning(
-                "flagwire: starting with NO FLAGS: %s. Every flag gives its code default "
-                "until the server answers (use strict=True to fail instead).",
-                reason,
-            )
-        elif first_error is not None and self.from_cache:
-            logger.warning(
-                "flagwire: OFFLINE: %s; serving the cached flag set %s from %s, fetched %s",
-                first_error,
-                self.flagset.version_label,
-                self.cache_path,
-                self._status.last_good_load,
-            )
+        self._report_start(first_error, cache_problem, strict=strict, peer="the server")
         if self.interval > 0:
             self._start_polling()
 

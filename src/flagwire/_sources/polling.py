@@ -9,7 +9,10 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+from flagwire._errors import SourceError
 
 from .base import SourceBase
 
@@ -31,6 +34,9 @@ class PollingSource(SourceBase):
 
     _refresh_lock_type: Callable[[], Any] = threading.Lock
     _join_timeout = 5.0
+    from_cache = False
+    """True while the flag set in force came from the on-disk cache (remote sources)."""
+    cache_path: Path | None = None
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -40,6 +46,39 @@ class PollingSource(SourceBase):
 
     def _poll(self) -> object:
         raise NotImplementedError
+
+    def _report_start(
+        self,
+        first_error: Exception | None,
+        cache_problem: str | None,
+        *,
+        strict: bool,
+        peer: str,
+    ) -> None:
+        """After the first read of a remote source: fail (``strict``), or say loudly that
+        it starts with no flags, or from its on-disk cache."""
+        if first_error is None:
+            return
+        if len(self.flagset) == 0 and not self.from_cache:
+            reason = f"no flag set: {first_error}"
+            if cache_problem:
+                reason += f"; cache: {cache_problem}"
+            if strict:
+                raise SourceError(reason) from first_error
+            logger.warning(
+                "flagwire: starting with NO FLAGS: %s. Every flag gives its code default "
+                "until %s answers (use strict=True to fail instead).",
+                reason,
+                peer,
+            )
+        elif self.from_cache:
+            logger.warning(
+                "flagwire: OFFLINE: %s; serving the cached flag set %s from %s, fetched %s",
+                first_error,
+                self.flagset.version_label,
+                self.cache_path,
+                self._status.last_good_load,
+            )
 
     def _delay(self) -> float:
         raise NotImplementedError

@@ -131,25 +131,7 @@ class RedisSource(PollingSource):
         self._redis()  # a bad URL raises here; no connection is made yet
         cache_problem = self._load_cache()
         first_error = self._refresh()
-        if first_error is not None and len(self.flagset) == 0 and not self.from_cache:
-            reason = f"no flag set: {first_error}"
-            if cache_problem:
-                reason += f"; cache: {cache_problem}"
-            if strict:
-                raise SourceError(reason) from first_error
-            logger.warning(
-                "flagwire: starting with NO FLAGS: %s. Every flag gives its code default "
-                "until Redis answers (use strict=True to fail instead).",
-                reason,
-            )
-        elif first_error is not None and self.from_cache:
-            logger.warning(
-                "flagwire: OFFLINE: %s; serving the cached flag set %s from %s, fetched %s",
-                first_error,
-                self.flagset.version_label,
-                self.cache_path,
-                self._status.last_good_load,
-            )
+        self._report_start(first_error, cache_problem, strict=strict, peer="Redis")
         self._start_polling()
 
     # -- reading -------------------------------------------------------------------------
