@@ -51,7 +51,8 @@ def _validate(paths: Sequence[str], fractional: str | None) -> int:
             print(f"{path}: {problem}")
             failed = True
         if not flagset.problems:
-            print(f"{path}: ok ({len(flagset)} flags, version {flagset.version_label})")
+            count = f"{len(flagset)} flag{'' if len(flagset) == 1 else 's'}"
+            print(f"{path}: ok ({count}, version {flagset.version_label})")
     return 1 if failed else 0
 
 
