@@ -14,7 +14,7 @@ import requests
 import flagwire
 from attack_servers import Recorder, recorder
 from flagwire import FlagSet, Propagation, RequestFlags
-from flagwire._request.flags import activate
+from flagwire._request.scope import activate
 from flagwire.propagation import RedirectHandler, inject, redirect_baggage
 
 KEY = "k" * 32

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import flagwire
 from attack_servers import recorder, uvicorn_server
 from flagwire import ConfigError, FlagSet, Propagation, RequestFlags, context
-from flagwire._request.flags import activate
+from flagwire._request.scope import activate
 from flagwire.asgi import FlagwireMiddleware
 from flagwire.prometheus import PrometheusTelemetry
 from flagwire.propagation import bind, flags_from_headers

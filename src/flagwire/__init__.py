@@ -23,14 +23,8 @@ from ._errors import (
 )
 from ._propagation.policy import Propagation, set_default_propagation
 from ._propagation.signing import KeyRing
-from ._request.flags import (
-    RequestFlags,
-    activate,
-    current_flags,
-    default_source,
-    set_default_source,
-    track,
-)
+from ._request.flags import RequestFlags
+from ._request.scope import activate, current_flags, default_source, set_default_source, track
 from ._sources.base import Source, SourceStatus, StaticSource
 from ._sources.file import FileSource
 from ._sources.http import HttpSource

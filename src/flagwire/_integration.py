@@ -26,13 +26,8 @@ from ._errors import ConfigError
 from ._propagation.baggage import PREFIX
 from ._propagation.policy import Propagation, _RateLimitedLog, default_propagation
 from ._propagation.signing import KEYS_ENV
-from ._request.flags import (
-    _NOT_YET,
-    RequestFlags,
-    _current,
-    default_source,
-    set_default_source,
-)
+from ._request.flags import _NOT_YET, RequestFlags
+from ._request.scope import _current, default_source, set_default_source
 from ._sources.base import Source, as_source
 from ._telemetry import RequestRecord, Telemetry, method_label, record_all
 from .context import Extractor, compose, header, reads_raw, request_cookies, user

@@ -29,7 +29,7 @@ from ._engine.flagset import FlagSet
 from ._errors import missing_extra
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
 from ._propagation.policy import Propagation
-from ._request.flags import _current
+from ._request.scope import _current
 from ._sources.base import Source
 from ._telemetry import Telemetry, method_label
 

@@ -33,7 +33,7 @@ from ._engine.flagset import FlagSet
 from ._errors import ConfigError, missing_extra
 from ._integration import Binding, BoundRequestFlags
 from ._propagation.policy import Propagation
-from ._request.flags import _current, request_flags
+from ._request.scope import _current, request_flags
 from ._sources.base import Source
 from ._telemetry import Telemetry
 from .propagation import job_headers

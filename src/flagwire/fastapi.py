@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from ._errors import missing_extra
-from ._request.flags import RequestFlags, current_flags
+from ._request.flags import RequestFlags
+from ._request.scope import current_flags
 from .asgi import FlagwireMiddleware
 
 try:

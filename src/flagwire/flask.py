@@ -33,7 +33,8 @@ from ._engine.flagset import FlagSet
 from ._errors import ConfigError, missing_extra
 from ._integration import DEFAULT_COOKIE, ONE_YEAR, Binding, BoundRequestFlags, ContextSpec
 from ._propagation.policy import Propagation
-from ._request.flags import RequestFlags, _current, add_resolver, current_flags
+from ._request.flags import RequestFlags
+from ._request.scope import _current, add_resolver, current_flags
 from ._sources.base import Source
 from ._sources.file import FileSource
 from ._telemetry import Telemetry

@@ -34,7 +34,7 @@ from ._engine.flagset import FlagSet
 from ._errors import missing_extra
 from ._integration import Binding, BoundRequestFlags, ContextSpec, aiterate_with, iterate_with
 from ._propagation.policy import Propagation
-from ._request.flags import _current
+from ._request.scope import _current
 from ._sources.base import Source
 from ._telemetry import Telemetry
 from .propagation import outbound_baggage

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from ._engine.assignment import Assignment, ErrorCode, FlagType, Reason
 from ._engine.flagset import FlagSet
-from ._request.flags import EMPTY_FLAGSET, current_flags, default_source, request_flags
+from ._request.scope import EMPTY_FLAGSET, current_flags, default_source, request_flags
 from ._sources.base import Source
 from ._sources.openfeature import BridgedFlag, OpenFeatureSource
 

@@ -27,7 +27,8 @@ from ._propagation.baggage import Propagated, merge_baggage
 from ._propagation.destinations import DEFAULT_ALLOWED_HOSTS
 from ._propagation.policy import Propagation, default_propagation, set_default_propagation
 from ._propagation.signing import KeyRing
-from ._request.flags import RequestFlags, activate, current_flags
+from ._request.flags import RequestFlags
+from ._request.scope import activate, current_flags
 from ._sources.base import Source
 
 __all__ = [

@@ -28,7 +28,8 @@ from ._integration import (
     iterate_with,
 )
 from ._propagation.policy import Propagation
-from ._request.flags import RequestFlags, _current
+from ._request.flags import RequestFlags
+from ._request.scope import _current
 from ._sources.base import Source
 from ._telemetry import Telemetry
 

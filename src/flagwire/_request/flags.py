@@ -10,9 +10,7 @@ built lazily, the first time a flag needs it. Outcomes the request tracks
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar, Token
+from collections.abc import Callable, Mapping
 from threading import get_ident
 from time import monotonic, sleep
 from types import MappingProxyType
@@ -21,24 +19,15 @@ from typing import Any, Protocol, TypeVar
 from flagwire._engine.assignment import Assignment, ErrorCode, FlagType
 from flagwire._engine.fitting import fit
 from flagwire._engine.flagset import FlagSet
-from flagwire._sources.base import Source
 from flagwire._types import Context
 
 from .tracking import Tracking
 
-__all__ = [
-    "RequestFlags",
-    "activate",
-    "current_flags",
-    "default_source",
-    "set_default_source",
-    "track",
-]
+__all__ = ["RequestFlags"]
 
 logger = logging.getLogger("flagwire")
 
 T = TypeVar("T")
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _BUILDERS: dict[int, int] = {}  # request flags whose context is being built -> the thread
 _LOGGED: set[tuple[str, ErrorCode | None]] = set()  # flag problems logged so far
 _LOGGED_MAX = 1000  # flag keys come from code, but a bug could make them unbounded
@@ -353,90 +342,3 @@ class RequestFlags(Tracking):
 
     def __repr__(self) -> str:
         return f"<RequestFlags {self.flagset.version_label} evaluated={list(self._memo)}>"
-
-
-def track(event: str, value: float | None = None) -> None:
-    """Record that ``event`` happened in the current request, for every flag it decides.
-
-    The same as ``current_flags().track(event, value)``: see :meth:`RequestFlags.track`.
-    """
-    current_flags().track(event, value)
-
-
-_current: ContextVar[RequestFlags | None] = ContextVar("flagwire.current_flags", default=None)
-_default_source: Source | None = None
-
-
-_resolvers: tuple[Callable[[], RequestFlags | None], ...] = ()
-
-
-def add_resolver(resolve: Callable[[], RequestFlags | None]) -> None:
-    """Another place :func:`current_flags` looks when no flags are current (for
-    frameworks that keep request state of their own, like Flask's request context)."""
-    global _resolvers
-    if resolve not in _resolvers:
-        _resolvers = (*_resolvers, resolve)
-
-
-def set_default_source(source: Source | None) -> None:
-    """The source :func:`current_flags` uses outside a request.
-
-    The middleware and the Flask extension set it to their source when none is set.
-    """
-    global _default_source
-    _default_source = source
-
-
-def default_source() -> Source | None:
-    """The source :func:`current_flags` uses outside a request, if any."""
-    return _default_source
-
-
-def request_flags() -> RequestFlags | None:
-    """The current request's flags, or ``None`` outside a request."""
-    flags = _current.get()
-    if flags is not None:
-        return flags
-    for resolve in _resolvers:  # e.g. Flask's request context
-        flags = resolve()
-        if flags is not None:
-            return flags
-    return None
-
-
-def current_flags(context: Context | None = None) -> RequestFlags:
-    """The flags of the current request.
-
-    Inside a request handled by flagwire's middleware (and in code it calls, tasks it
-    starts and threads that copy its context), this is the request's
-    :class:`RequestFlags`: one pinned flag set, one context, memoised decisions.
-
-    Outside a request it returns a *fresh* :class:`RequestFlags` over the default source's
-    current flag set (see :func:`set_default_source`) with ``context`` (or an empty
-    context): nothing is memoised across calls there, and with no source at all every
-    flag gives its default with ``FLAG_NOT_FOUND``.
-
-    Args:
-        context: Used only outside a request.
-    """
-    flags = request_flags()
-    if flags is not None:
-        return flags
-    source = _default_source
-    flagset = source.flagset if source is not None else EMPTY_FLAGSET
-    fresh = RequestFlags(flagset, context or _EMPTY)
-    fresh._detached = True
-    return fresh
-
-
-@contextmanager
-def activate(flags: RequestFlags) -> Iterator[RequestFlags]:
-    """Make ``flags`` the current flags for the duration of a ``with`` block."""
-    token: Token[RequestFlags | None] = _current.set(flags)
-    try:
-        yield flags
-    finally:
-        _current.reset(token)
-
-
-EMPTY_FLAGSET = FlagSet.empty(source="<no flag source configured>")

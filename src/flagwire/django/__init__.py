@@ -31,7 +31,7 @@ from typing import Any
 
 from flagwire._errors import missing_extra
 from flagwire._integration import Binding, BoundRequestFlags, aiterate_with, iterate_with
-from flagwire._request.flags import _current
+from flagwire._request.scope import _current
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction

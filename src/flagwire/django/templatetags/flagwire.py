@@ -16,7 +16,8 @@ from typing import Any
 
 from django import template
 
-from flagwire._request.flags import RequestFlags, current_flags
+from flagwire._request.flags import RequestFlags
+from flagwire._request.scope import current_flags
 
 register = template.Library()
 
