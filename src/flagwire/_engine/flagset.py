@@ -26,6 +26,7 @@ from .definitions import (
 from .expiry import warn_expired
 from .fitting import EXPECT_BY_VALUE, UNSET
 from .flagd_ops import FRACTIONAL_VERSIONS
+from .rollout import plan_problems
 
 __all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
 
@@ -95,6 +96,8 @@ class FlagSet:
             )
             for key, d in document.flags.items()
         }
+        for definition in document.flags.values():
+            problems.extend(plan_problems(definition))
         self.problems: tuple[str, ...] = tuple(problems)
         # key -> decide(context): the per-request path (see RequestFlags).
         self._deciders: dict[str, Callable[[dict[str, Any]], Assignment]] = {
