@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
-from middleware import asgi_round, measure, wsgi_round
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -31,6 +30,7 @@ from starlette.routing import Route
 from flagwire import FlagSet, current_flags
 from flagwire.asgi import FlagwireMiddleware
 from flagwire.flask import Flagwire
+from middleware import asgi_round, measure, wsgi_round
 
 ON_OFF = {"on": True, "off": False}
 DOCUMENT: dict[str, Any] = {
@@ -86,7 +86,9 @@ DOCUMENT: dict[str, Any] = {
             "state": "ENABLED",
             "variants": ON_OFF,
             "defaultVariant": "off",
-            "targeting": {"if": [{"$ref": "is-staff"}, "on", {"fractional": [["on", 10], ["off", 90]]}]},
+            "targeting": {
+                "if": [{"$ref": "is-staff"}, "on", {"fractional": [["on", 10], ["off", 90]]}]
+            },
         },
         "region": {
             "state": "ENABLED",

@@ -10,7 +10,9 @@ for everyone) and bucketed into flagwire's default histogram buckets.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -54,6 +56,7 @@ def run(
     variant: Arm,
     rng: np.random.Generator,
     shock_sigma: float = 0.3,
+    judgement: Callable[..., Any] | None = None,
 ) -> int | None:
     """The first tick (1-based) the guard judges the variant regressed, or None."""
     per_sequence = max(1, round(plan.window / interval))
@@ -70,7 +73,24 @@ def run(
             total[1] += int(rng.binomial(n, arm.error_rate))
             total[2] = total[2] + rng.multinomial(n, _bucket_probabilities(arm, shock))
         figures = [_figures(name, t[0], t[1], t[2]) for name, t in totals.items()]
-        verdict = judge(plan, figures, sequence=tick // per_sequence + 1)
-        if verdict.outcome == REGRESSED:
+        if judgement is None:
+            outcome = judge(plan, figures, sequence=tick // per_sequence + 1).outcome
+        else:
+            outcome = judgement(plan, figures, sequence=tick // per_sequence + 1)
+        if outcome == REGRESSED:
             return tick + 1
     return None
+
+
+def naive_judge(plan: RolloutPlan, figures: list[VariantFigures], *, sequence: int) -> str:
+    """What the guard must not do: a fresh fixed-horizon test at ``plan.alpha`` every tick
+    (the 5xx difference's 1 - alpha interval above ``guard.error_rate_increase``)."""
+    from flagwire._analysis.stats import compare_proportions
+
+    by_name = {f.variant: f for f in figures}
+    c, v = by_name[plan.control], by_name[plan.variant]
+    if min(c.requests, v.requests) < plan.min_requests:
+        return "thin"
+    comp = compare_proportions(c.errors_5xx, c.requests, v.errors_5xx, v.requests,
+                               alpha=2 * plan.alpha)  # one-sided at alpha  # fmt: skip
+    return REGRESSED if comp.difference_ci.low > plan.error_rate_increase else "healthy"
