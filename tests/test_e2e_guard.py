@@ -43,6 +43,7 @@ import httpx
 import pytest
 import yaml
 
+from flagwire._analysis.reader import PrometheusClient
 from flagwire._control.store import FlagStore
 from guard_support import plan_metadata
 from redis_support import RedisServer, running_redis
@@ -134,7 +135,7 @@ def _alertmanager(directory: Path, webhook: str) -> contextlib.AbstractContextMa
     return _process(argv, directory / "alertmanager.log", f"http://127.0.0.1:{port}")
 
 
-def _prometheus(directory: Path, target: str, alertmanager: str) -> Any:
+def _prometheus(directory: Path, target: str, alertmanager: str, guard: str) -> Any:
     binary = shutil.which("prometheus")
     assert binary is not None
     config = directory / "prometheus.yml"
@@ -143,7 +144,10 @@ def _prometheus(directory: Path, target: str, alertmanager: str) -> Any:
         "rule_files": [str(_compressed_rules(directory))],
         "alerting": {"alertmanagers": [{"static_configs": [
             {"targets": [alertmanager.removeprefix("http://")]}]}]},
-        "scrape_configs": [{"job_name": "shop", "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [
+            {"job_name": "shop", "static_configs": [{"targets": [target]}]},
+            {"job_name": "flagwire-guard", "static_configs": [{"targets": [guard]}]},
+        ],
     }  # fmt: skip
     config.write_text(json.dumps(settings))
     port = _free_port()
@@ -269,7 +273,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         listen = f"127.0.0.1:{_free_port()}"
         alertmanager = stack.enter_context(_alertmanager(directory, f"http://{listen}/alerts"))
         target = service.url.removeprefix("http://")
-        prometheus = stack.enter_context(_prometheus(directory, target, alertmanager))
+        prometheus = stack.enter_context(_prometheus(directory, target, alertmanager, listen))
         env_vars = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
         rig = Rig(redis, store, service, prometheus, directory, env_vars, listen)
         traffic = Traffic(service)
@@ -379,3 +383,23 @@ def test_the_guard_exports_its_metrics(rig: Rig) -> None:
         text = response.read().decode()
     assert 'flagwire_guard_step_percent{flag="good-search"} 100.0' in text
     assert 'flagwire_guard_judgements_total{flag="aa-banner",outcome="healthy"}' in text
+
+
+def test_the_dashboard_shows_the_steps_and_annotates_the_actions(rig: Rig) -> None:
+    dashboard = json.loads((REPO / "integrations/grafana/flagwire-dashboard.json").read_text())
+    (step,) = [p for p in dashboard["panels"] if p.get("title") == "Rollout step per flag"]
+    (annotation,) = [a for a in dashboard["annotations"]["list"] if a["name"] == "Guard actions"]
+    client = PrometheusClient(rig.prometheus)
+
+    def steps() -> dict[str, float]:
+        found = client.query(step["targets"][0]["expr"])
+        return {s.labels["flag"]: s.value for s in found}
+
+    # The guard is scraped every second: the panel shows each flag where it stands, and
+    # the annotation query finds its actions (the first of each kind included, whose
+    # counter series starts at 1).
+    expected = {"good-search": 100, "bad-checkout": 0, "aa-banner": 50, "alert-checkout": -1}
+    _wait("the steps on the panel", lambda: steps() == expected, 10)
+    acted = {(s.labels["flag"], s.labels["action"]) for s in client.query(
+        annotation["expr"].replace("2m", "10m"))}  # fmt: skip
+    assert {("good-search", "advance"), ("bad-checkout", "rollback")} <= acted

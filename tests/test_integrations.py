@@ -37,6 +37,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from flagwire import FlagSet, StaticSource
+from flagwire._control.guard_metrics import ACTION_METRIC, GuardMetrics
 from flagwire._telemetry import RequestRecord
 from flagwire.prometheus import PrometheusTelemetry
 from test_e2e import HOST, TEST_APPS, _free_port, _Launcher, _stop
@@ -96,7 +97,20 @@ def _exported_metric_names() -> frozenset[str]:
             flagset_version=flagset.version_label,
         )
     )
-    return frozenset(sample.name for family in registry.collect() for sample in family.samples)
+    names = {sample.name for family in registry.collect() for sample in family.samples}
+    return frozenset(names | _guard_metric_names())
+
+
+def _guard_metric_names() -> set[str]:
+    """Every series name ``flagwire guard``'s /metrics exposes."""
+    metrics = GuardMetrics()
+    for family in (metrics.step, metrics.paused, metrics.last_judgement, metrics.last_alpha):
+        family.labels("f").set(1)
+    metrics.actions.labels("f", "rollback").inc()
+    metrics.judgements.labels("f", "healthy").inc()
+    metrics.errors.labels("prometheus").inc()
+    metrics.alerts.labels("ignore").inc()
+    return {s.name for family in metrics.registry.collect() for s in family.samples}
 
 
 EXPORTED = _exported_metric_names()
@@ -244,6 +258,7 @@ FRESHNESS = "Age of the flag set in force"
 SOURCE_UP = "Source up"
 
 # Each required panel: metric names and fragments its queries must contain.
+GUARD_STEP = "Rollout step per flag"
 REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
     LATENCY: (
         {"flagwire_request_duration_seconds_bucket"},
@@ -267,6 +282,7 @@ REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
     VERSIONS: ({"flagwire_flagset_info"}, ["version"]),
     FRESHNESS: ({"flagwire_flagset_last_load_timestamp_seconds"}, ["time() -"]),
     SOURCE_UP: ({"flagwire_source_up"}, []),
+    GUARD_STEP: ({"flagwire_guard_step_percent"}, ["by (flag)"]),
 }
 GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__range"}
 
@@ -399,6 +415,8 @@ ALERTS = {
     "FlagwireFlagSetStale",
     "FlagwireVariantLatencyRegression",
     "FlagwireVariantErrorRegression",
+    "FlagwireGuardPaused",
+    "FlagwireGuardFailing",
 }
 RECORDED = {
     "flagwire:requests:rate5m",
@@ -722,6 +740,81 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
+
+
+# -- flagwire guard: its annotations, alerts and Alertmanager receiver ----------------------------
+
+ALERTMANAGER_CONFIG = INTEGRATIONS / "alertmanager" / "flagwire-guard.yml"
+
+
+def test_dashboard_annotates_guard_actions() -> None:
+    (guard,) = [a for a in _dashboard()["annotations"]["list"] if a.get("name") == "Guard actions"]
+    assert metric_names(guard["expr"]) == {ACTION_METRIC}
+    assert "{{action}}" in guard["titleFormat"] and "{{flag}}" in guard["textFormat"]
+    # A guard's first action of a kind creates its series at 1: changes() alone misses it.
+    assert "unless flagwire_guard_actions_total offset 2m" in guard["expr"]
+    assert guard["enable"] and guard["datasource"]["uid"] == "${datasource}"
+
+
+def test_promtool_unit_tests_of_the_guard_alerts(tmp_path: Path) -> None:
+    rules = _rules()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    series = [
+        {"series": 'flagwire_guard_paused{job="guard", flag="new-checkout"}',
+         "values": "0 0 1 1 1 1 1"},
+        {"series": 'flagwire_guard_errors_total{job="guard", kind="prometheus"}',
+         "values": "0+1x40"},
+    ]  # fmt: skip
+    paused = {"flag": "new-checkout", "severity": "warning"}
+    failing = {"job": "guard", "kind": "prometheus", "severity": "warning"}
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "FlagwireGuardPaused", "exp_alerts": []},
+                {"eval_time": "4m", "alertname": "FlagwireGuardPaused",
+                 "exp_alerts": [{"exp_labels": paused}]},
+                {"eval_time": "5m", "alertname": "FlagwireGuardFailing", "exp_alerts": []},
+                {"eval_time": "30m", "alertname": "FlagwireGuardFailing",
+                 "exp_alerts": [{"exp_labels": failing}]},
+            ],
+        }],
+    }  # fmt: skip
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = subprocess.run(
+        [_binary("promtool"), "test", "rules", "tests.yml"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _amtool(*args: str) -> str:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool is not installed (bash .ci/install-services.sh installs it)")
+    result = subprocess.run(
+        [amtool, *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_alertmanager_config_routes_the_regression_alerts_to_the_guard() -> None:
+    assert "SUCCESS" in _amtool("check-config", str(ALERTMANAGER_CONFIG))
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    (guard,) = [r for r in config["receivers"] if r["name"] == "flagwire-guard"]
+    assert guard["webhook_configs"][0]["url"].endswith("/alerts")
+    test = ["config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}"]
+    for alert in ("FlagwireVariantLatencyRegression", "FlagwireVariantErrorRegression"):
+        routed = _amtool(*test, f"alertname={alert}", "flag=f", "variant=on", "job=shop")
+        assert "flagwire-guard" in routed, routed
+    assert "flagwire-guard" not in _amtool(*test, "alertname=FlagwireSourceDown")
 
 
 # -- the OpenTelemetry Collector config -----------------------------------------------------------
