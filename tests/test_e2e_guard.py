@@ -402,4 +402,13 @@ def test_the_dashboard_shows_the_steps_and_annotates_the_actions(rig: Rig) -> No
     _wait("the steps on the panel", lambda: steps() == expected, 10)
     acted = {(s.labels["flag"], s.labels["action"]) for s in client.query(
         annotation["expr"].replace("2m", "10m"))}  # fmt: skip
-    assert {("good-search", "advance"), ("bad-checkout", "rollback")} <= acted
+    # Every action of the running guard (the first one's last actions may have gone
+    # unscraped before it stopped: the step panel still shows where they left the flag).
+    made = {
+        (flag, line.split(" ", 1)[0])
+        for flag in FLAGS
+        for line in rig.lines(flag, log=1)
+        if line.split(" ", 1)[0] in ("start", "advance", "rollback", "kill", "pause")
+    }
+    assert ("good-search", "advance") in made
+    assert made <= acted, (made, acted)
