@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # Installs the real services the tests run, from Debian's packages: `prometheus` and
-# `promtool` (package prometheus: dashboard, alert-rule and experiment-report tests), and
+# `promtool` (package prometheus: dashboard, alert-rule and experiment-report tests),
 # `redis-server` (package redis-server: RedisSource, the control commands, the Celery
-# worker). Each test starts its own server on a free loopback port; no system service or
+# worker), and `prometheus-alertmanager` and `amtool` (package prometheus-alertmanager:
+# flagwire guard's Alertmanager webhook, the shipped receiver config). Each test starts its own server on a free loopback port; no system service or
 # default port is used, so the packages' services are kept from starting.
 #
 # Idempotent: installs only the packages whose binaries are missing from PATH. Needs root
 # or sudo, and apt-get (Debian, Ubuntu). Usage: bash .ci/install-services.sh
 set -euo pipefail
 
-declare -A binary_of=([prometheus]=promtool [redis-server]=redis-server)
+declare -A binary_of=(
+    [prometheus]=promtool [redis-server]=redis-server [prometheus-alertmanager]=amtool
+)
+packages=(prometheus redis-server prometheus-alertmanager)
+binaries=(prometheus promtool redis-server prometheus-alertmanager amtool)
 wanted=()
-for package in prometheus redis-server; do
+for package in "${packages[@]}"; do
     if ! command -v "${binary_of[$package]}" >/dev/null 2>&1 \
-        || { [ "$package" = prometheus ] && ! command -v prometheus >/dev/null 2>&1; }; then
+        || { [ "$package" = prometheus ] && ! command -v prometheus >/dev/null 2>&1; } \
+        || { [ "$package" = prometheus-alertmanager ] \
+            && ! command -v prometheus-alertmanager >/dev/null 2>&1; }; then
         wanted+=("$package")
     fi
 done
 if [ "${#wanted[@]}" -eq 0 ]; then
-    echo "install-services: already installed: prometheus, promtool, redis-server"
+    echo "install-services: already installed: ${binaries[*]}"
     exit 0
 fi
 
@@ -70,7 +77,7 @@ for service in "${wanted[@]}"; do
     fi
 done
 
-for binary in prometheus promtool redis-server; do
+for binary in "${binaries[@]}"; do
     if ! command -v "$binary" >/dev/null 2>&1; then
         echo "install-services: $binary is still not on PATH after the install" >&2
         exit 1

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from flagwire import FlagSet
-from flagwire._cli.audit import chosen_variants, fractional_shares, rule_outcomes
+from flagwire._cli.audit import chosen_variants, rule_outcomes
 from flagwire._cli.main import main
 from flagwire._engine.definitions import parse_document
+from flagwire._engine.fractions import fractional_shares
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audit"
 HYGIENE = str(FIXTURES / "hygiene.json")

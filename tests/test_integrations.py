@@ -37,6 +37,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from flagwire import FlagSet, StaticSource
+from flagwire._control.guard_metrics import GuardMetrics
 from flagwire._telemetry import RequestRecord
 from flagwire.prometheus import PrometheusTelemetry
 from test_e2e import HOST, TEST_APPS, _free_port, _Launcher, _stop
@@ -96,7 +97,20 @@ def _exported_metric_names() -> frozenset[str]:
             flagset_version=flagset.version_label,
         )
     )
-    return frozenset(sample.name for family in registry.collect() for sample in family.samples)
+    names = {sample.name for family in registry.collect() for sample in family.samples}
+    return frozenset(names | _guard_metric_names())
+
+
+def _guard_metric_names() -> set[str]:
+    """Every series name ``flagwire guard``'s /metrics exposes."""
+    metrics = GuardMetrics()
+    for family in (metrics.step, metrics.paused, metrics.last_judgement, metrics.last_alpha):
+        family.labels("f").set(1)
+    metrics.actions.labels("f", "rollback").inc()
+    metrics.judgements.labels("f", "healthy").inc()
+    metrics.errors.labels("prometheus").inc()
+    metrics.alerts.labels("ignore").inc()
+    return {s.name for family in metrics.registry.collect() for s in family.samples}
 
 
 EXPORTED = _exported_metric_names()
@@ -244,6 +258,7 @@ FRESHNESS = "Age of the flag set in force"
 SOURCE_UP = "Source up"
 
 # Each required panel: metric names and fragments its queries must contain.
+GUARD_STEP = "Rollout step per flag"
 REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
     LATENCY: (
         {"flagwire_request_duration_seconds_bucket"},
@@ -267,6 +282,7 @@ REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
     VERSIONS: ({"flagwire_flagset_info"}, ["version"]),
     FRESHNESS: ({"flagwire_flagset_last_load_timestamp_seconds"}, ["time() -"]),
     SOURCE_UP: ({"flagwire_source_up"}, []),
+    GUARD_STEP: ({"flagwire_guard_step_percent"}, ["by (flag)"]),
 }
 GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__range"}
 
@@ -399,6 +415,8 @@ ALERTS = {
     "FlagwireFlagSetStale",
     "FlagwireVariantLatencyRegression",
     "FlagwireVariantErrorRegression",
+    "FlagwireGuardPaused",
+    "FlagwireGuardFailing",
 }
 RECORDED = {
     "flagwire:requests:rate5m",

@@ -212,7 +212,8 @@ def read_figures(
         client: The Prometheus to ask.
         flag: The flag key.
         since: The window, a PromQL duration.
-        events: The events to read (missing ones count 0); every event seen if None.
+        events: The events to read (missing ones count 0); every event seen if None;
+            none (and no event query) if empty.
         at: Unix time the window ends (now if None). One instant for all queries.
 
     Returns:
@@ -241,7 +242,7 @@ def read_figures(
         if le is not None:
             buckets.setdefault(s.labels.get("variant", ""), []).append((float(le), s.value))
     totals: dict[tuple[str, str], dict[str, float]] = {}
-    for field, metric in _EVENT_METRICS.items():
+    for field, metric in _EVENT_METRICS.items() if events is None or events else ():
         for s in by(metric, "variant, event"):
             key = (s.labels.get("variant", ""), s.labels.get("event", ""))
             totals.setdefault(key, {})[field] = s.value

@@ -22,6 +22,11 @@ from flagwire._engine.definitions import FlagDefinition
 from flagwire._engine.expiry import expiry_date
 from flagwire._engine.flagd_ops import fraction_weight
 from flagwire._engine.flagset import FlagSet
+from flagwire._engine.fractions import (
+    MAX_WEIGHT_SUM,
+    fraction_pairs,
+    literal_name,
+)
 from flagwire._engine.variant_names import unknown_variant_names
 from flagwire._types import MetadataValue
 
@@ -30,7 +35,6 @@ __all__ = [
     "REQUIRABLE",
     "Finding",
     "audit",
-    "fractional_shares",
     "rule_outcomes",
 ]
 
@@ -41,7 +45,6 @@ REQUIRABLE: Final = ("owner", "expires", "description", "kind", "services")
 """The metadata fields ``--require`` accepts."""
 LONG_LIVED_KINDS: Final = frozenset({"ops", "permission"})
 """Kinds that are static by design (kill switches, entitlements): never "rolled out"."""
-_MAX_WEIGHT_SUM: Final = 2_147_483_647
 
 # Operations whose result is always a boolean (so the variant "true" or "false"); the
 # custom ones may also give null (the default variant).
@@ -79,30 +82,8 @@ class Finding:
 # -- what a rule can return ----------------------------------------------------------
 
 
-def _literal_name(value: Any) -> str:
-    """The variant name a literal result selects (as evaluation names it)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
-
-
-def _fractions(args: Sequence[Any]) -> list[tuple[Any, Any]] | None:
-    """The ``(variant, weight)`` expressions of a ``fractional``'s arguments.
-
-    ``None`` when an argument is not a literal ``[variant]`` / ``[variant, weight]`` pair
-    (then what it holds is only known at evaluation time).
-    """
-    rest = args[1:] if args and not isinstance(args[0], list) else args
-    found = []
-    for item in rest:
-        if not isinstance(item, list) or not 1 <= len(item) <= 2:
-            return None
-        found.append((item[0], item[1] if len(item) == 2 else 1))
-    return found
-
-
 def _fractional_outcomes(args: Sequence[Any]) -> Outcomes | None:
-    fractions = _fractions(args)
+    fractions = fraction_pairs(args)
     if fractions is None:
         return None
     names: set[str | None] = set()
@@ -119,8 +100,8 @@ def _fractional_outcomes(args: Sequence[Any]) -> Outcomes | None:
             continue  # a zero share is never chosen
         else:
             total += whole
-        names.add(None if variant is None else _literal_name(variant))
-    if weights_known and not 0 < total <= _MAX_WEIGHT_SUM:
+        names.add(None if variant is None else literal_name(variant))
+    if weights_known and not 0 < total <= MAX_WEIGHT_SUM:
         return frozenset({None})
     # (A context without a targeting key also gets null; that is the default variant,
     # which counts as reachable anyway, and does not make a 100% rollout partial.)
@@ -136,7 +117,7 @@ def rule_outcomes(rule: Any) -> Outcomes | None:
     if rule is None:
         return frozenset({None})
     if isinstance(rule, (bool, str, int, float)):
-        return frozenset({_literal_name(rule)})
+        return frozenset({literal_name(rule)})
     if not isinstance(rule, dict) or len(rule) != 1:
         return None  # an array or an object: a computed value
     op, raw = next(iter(rule.items()))
@@ -165,29 +146,6 @@ def _union(rules: Iterable[Any]) -> Outcomes | None:
             return None
         found |= outcomes
     return frozenset(found)
-
-
-def fractional_shares(args: Any) -> dict[str, float] | None:
-    """Each variant's share (percent) of a ``fractional``'s arguments, from its weights.
-
-    ``None`` if a variant or weight is computed, or the weights are malformed.
-    """
-    if not isinstance(args, list):
-        return None
-    fractions = _fractions(args)
-    if not fractions:
-        return None
-    weights: dict[str, int] = {}
-    for variant, weight in fractions:
-        whole = fraction_weight(weight)
-        if not isinstance(variant, (str, bool, int, float)) or whole is None:
-            return None
-        name = _literal_name(variant)
-        weights[name] = weights.get(name, 0) + max(0, whole)
-    total = sum(weights.values())
-    if not 0 < total <= _MAX_WEIGHT_SUM:
-        return None
-    return {name: weight * 100 / total for name, weight in weights.items()}
 
 
 def chosen_variants(definition: FlagDefinition) -> frozenset[str | None] | None:

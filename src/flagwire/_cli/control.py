@@ -170,6 +170,8 @@ def _history(args: argparse.Namespace, store: FlagStore) -> int:
             what += f" {f.get('flag')} -> {f.get('variant')}"
         elif what == "rollback":
             what += f" to {f.get('rollback_to')}"
+        elif what.startswith("guard "):
+            what += f" {f.get('flag')}"
         message = f"  {f['message']!r}" if f.get("message") else ""
         print(
             f"{entry.revision:>5}  {f.get('time', '?')}  {f.get('author', '?')}  {what}  "

@@ -17,8 +17,7 @@ from typing import Any, Final
 
 from flagwire._engine.definitions import FlagDefinition
 from flagwire._engine.flagset import FlagSet
-
-from .audit import fractional_shares
+from flagwire._engine.fractions import fractional_shares
 
 __all__ = ["DEFAULT_SAMPLE", "Change", "FlagDiff", "diff"]
 

@@ -10,6 +10,7 @@ hygiene, say what a change does.
     flagwire diff OLD NEW [--sample N] [--json]
     flagwire init [PATH] [--force]
     flagwire report --prometheus URL --flag KEY [--since 24h] [--event NAME ...] [--json] ...
+    flagwire guard --prometheus URL (--redis URL | --file PATH) [--once] [--dry-run] ...
     flagwire --version
 """
 
@@ -32,6 +33,7 @@ from flagwire._errors import FlagsetError
 from . import audit as _audit
 from . import control as _control
 from . import diff as _diff
+from . import guard as _guard
 from . import init as _init
 from . import report as _report
 
@@ -271,6 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     _control.add_parsers(sub, _count, _require)
     _report.add_parser(sub)
+    _guard.add_parser(sub)
     return parser
 
 
@@ -298,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _control.run(args)
     if args.command == "report":
         return _report.run(args)
+    if args.command == "guard":
+        return _guard.run(args)
     return _explain(args)
 
 

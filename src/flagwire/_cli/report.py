@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flagwire._engine.flagset import FlagSet
+from flagwire._engine.fractions import fractional_shares
 from flagwire._errors import FlagsetError, FlagwireError, missing_extra
-
-from .audit import fractional_shares
 
 __all__ = ["CONTROL_METADATA", "add_parser", "run", "split_weights"]
 

@@ -35,12 +35,15 @@ __all__ = [
     "Published",
     "commit",
     "default_author",
+    "encode",
     "kill",
+    "killed",
     "plan_kill",
     "plan_publish",
     "plan_rollback",
     "publish",
     "rollback",
+    "validated",
 ]
 
 
@@ -98,7 +101,12 @@ def _in_force(store: FlagStore) -> tuple[Stored, FlagSet | None, str | None]:
     return stored, old, None
 
 
-def _validated(document: FlagsetDocument) -> FlagSet:
+def validated(document: FlagsetDocument) -> FlagSet:
+    """The document's flag set, if it has no problems (broken rules, a broken plan).
+
+    Raises:
+        FlagsetError: It has problems.
+    """
     new = FlagSet(document)
     if new.problems:
         raise FlagsetError(
@@ -108,14 +116,15 @@ def _validated(document: FlagsetDocument) -> FlagSet:
     return new
 
 
-def _encode(raw: Mapping[str, Any]) -> bytes:
+def encode(raw: Mapping[str, Any]) -> bytes:
+    """A document as published: indented JSON, UTF-8."""
     return (json.dumps(raw, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
 
 def _plan(store: FlagStore, document: FlagsetDocument, fields: Mapping[str, str]) -> Plan:
-    new = _validated(document)
+    new = validated(document)
     stored, old, problem = _in_force(store)
-    return Plan(stored, old, problem, new, _encode(document.raw), dict(fields))
+    return Plan(stored, old, problem, new, encode(document.raw), dict(fields))
 
 
 def plan_publish(store: FlagStore, flags: str | os.PathLike[str] | Mapping[str, Any]) -> Plan:
@@ -130,6 +139,45 @@ def plan_publish(store: FlagStore, flags: str | os.PathLike[str] | Mapping[str, 
     else:
         document, _ = read_document(Path(flags))
     return _plan(store, document, {"action": "publish", "file": str(document.source or "")})
+
+
+def killed(
+    raw: Mapping[str, Any],
+    flagset: FlagSet,
+    flag: str,
+    *,
+    variant: str | None = None,
+    disable: bool = False,
+    where: str = "",
+) -> tuple[dict[str, Any], str]:
+    """The document ``raw`` (of ``flagset``) with ``flag`` killed, and what it now serves.
+
+    Raises:
+        ConfigError: The flag or variant does not exist.
+    """
+    definition = flagset.definition(flag)
+    if definition is None:
+        raise ConfigError(
+            f"{where}: there is no flag {flag!r} in the flag set in force "
+            f"(flags: {', '.join(sorted(flagset)) or 'none'})"
+        )
+    if variant is not None and variant not in definition.variants:
+        raise ConfigError(
+            f"{where}: flag {flag!r} has no variant {variant!r} "
+            f"(variants: {', '.join(definition.variants)})"
+        )
+    document = copy.deepcopy(dict(raw))
+    entry = document["flags"][flag]
+    entry.pop("targeting", None)
+    if variant is not None:
+        entry["state"], entry["defaultVariant"] = "ENABLED", variant
+        served = variant
+    elif disable or definition.default_variant is None:
+        entry["state"] = "DISABLED"
+        served = "(disabled: code default)"
+    else:
+        served = definition.default_variant
+    return document, served
 
 
 def plan_kill(
@@ -150,32 +198,13 @@ def plan_kill(
             f"{store.name}: no valid flag set to change: "
             f"{problem or 'the key does not exist (flagwire publish FILE first)'}"
         )
-    definition = old.definition(flag)
-    if definition is None:
-        raise ConfigError(
-            f"{store.name}: there is no flag {flag!r} in the flag set in force "
-            f"(flags: {', '.join(sorted(old)) or 'none'})"
-        )
-    if variant is not None and variant not in definition.variants:
-        raise ConfigError(
-            f"{store.name}: flag {flag!r} has no variant {variant!r} "
-            f"(variants: {', '.join(definition.variants)})"
-        )
     assert stored.document is not None
-    raw = json.loads(stored.document)
-    entry = raw["flags"][flag]
-    entry.pop("targeting", None)
-    if variant is not None:
-        entry["state"], entry["defaultVariant"] = "ENABLED", variant
-        served = variant
-    elif disable or definition.default_variant is None:
-        entry["state"] = "DISABLED"
-        served = "(disabled: code default)"
-    else:
-        served = definition.default_variant
+    raw, served = killed(
+        json.loads(stored.document), old, flag, variant=variant, disable=disable, where=store.name
+    )
     document = parse_document(raw, source=store.name)
     fields = {"action": "kill", "flag": flag, "variant": served}
-    return Plan(stored, old, None, _validated(document), _encode(raw), fields)
+    return Plan(stored, old, None, validated(document), encode(raw), fields)
 
 
 def plan_rollback(store: FlagStore, to: int | None = None) -> Plan:

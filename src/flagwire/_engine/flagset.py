@@ -27,6 +27,7 @@ from .definitions import (
 from .expiry import warn_expired
 from .fitting import EXPECT_BY_VALUE, UNSET
 from .flagd_ops import FRACTIONAL_VERSIONS
+from .rollout import plan_problems
 
 __all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
 
@@ -178,10 +179,9 @@ class FlagSet:
                 flag.definition if isinstance(flag, CompiledFlag) else flag
                 for flag in self._flags.values()
             ]
-            problems = self._problems = tuple(
-                problem
-                for definition in definitions
-                for problem in flag_problems(definition, self._evaluators)
+            problems = self._problems = (
+                *(p for d in definitions for p in flag_problems(d, self._evaluators)),
+                *(p for d in definitions for p in plan_problems(d)),  # rollout plans
             )
         return problems
 
