@@ -7,6 +7,7 @@ request (or task, or call).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -102,6 +103,7 @@ class Binding:
     """
 
     __slots__ = (
+        "_requests",
         "adapt",
         "cookie_attributes",
         "cookie_name",
@@ -132,6 +134,7 @@ class Binding:
         self.propagation: Propagation | None = propagation or None
         self.unverifiable = False
         """Propagation is wanted but has no keys: inbound flagwire baggage is warned of."""
+        self._requests = itertools.count()
         if self.propagation is not None:
             self.propagation.explain_disabled()
             if not self.propagation.enabled:
@@ -150,6 +153,10 @@ class Binding:
         self.cookie_attributes = f"Path=/; Max-Age={int(cookie_max_age)}; SameSite=Lax; HttpOnly"
         if make_default and default_source() is None:
             set_default_source(self.source)
+
+    def sample(self) -> bool:
+        """True for one request in 64 (a thread-safe counter: ``count`` is atomic)."""
+        return next(self._requests) % 64 == 0
 
     def record(
         self, flags: RequestFlags, method: str, route: str, status: int, duration: float
@@ -224,8 +231,10 @@ class BoundRequestFlags(RequestFlags):
         except Exception:  # a broken extractor never fails the request
             logger.exception("flagwire: context extractor %r failed", extract)
             found = None
-        if type(found) is dict and binding.fresh:
-            context = found  # flagwire's own extractors return a new dict every time
+        if type(found) is dict:
+            # flagwire's own extractors return a new dict every time; a user's may hand
+            # out a shared one: our own copy.
+            context = found if binding.fresh else found.copy()
         elif isinstance(found, Mapping):
             context = dict(found)  # our own copy: the extractor may hand out a shared dict
         else:
@@ -237,7 +246,16 @@ class BoundRequestFlags(RequestFlags):
                 )
             context = {}
         cookie_name = binding.cookie_name
-        raw_baggage = header(request, "baggage")
+        # Inbound baggage matters to trusted propagation and to the anonymous id; without
+        # keys it only feeds a warning, for which one request in 64 is enough (the header
+        # scan is a good part of a request's cost).
+        raw_baggage = None
+        if (
+            binding.propagation is not None
+            or not context.get("targetingKey")
+            or (binding.unverifiable and binding.sample())
+        ):
+            raw_baggage = header(request, "baggage")
         from_service = raw_baggage is not None and PREFIX in raw_baggage
         kept = None
         if cookie_name is not None and (from_service or not context.get("targetingKey")):

@@ -66,19 +66,29 @@ class _IndexedHeaders(Headers):
         return index
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = (self._index or self._indexed()).get(key.lower().encode("latin-1"))
+        value = (self._index or self._indexed()).get(_NAMES.get(key) or _name(key))
         return default if value is None else value.decode("latin-1")
 
     def __getitem__(self, key: str) -> str:
-        value = (self._index or self._indexed()).get(key.lower().encode("latin-1"))
+        value = (self._index or self._indexed()).get(_NAMES.get(key) or _name(key))
         if value is None:
             raise KeyError(key)
         return value.decode("latin-1")
 
     def __contains__(self, key: Any) -> bool:
         return isinstance(key, str) and (
-            key.lower().encode("latin-1") in (self._index or self._indexed())
+            (_NAMES.get(key) or _name(key)) in (self._index or self._indexed())
         )
+
+
+_NAMES: dict[str, bytes] = {}  # header names as extractors write them -> as ASGI sends them
+
+
+def _name(key: str) -> bytes:
+    name = key.lower().encode("latin-1")
+    if len(_NAMES) < 1024:  # the names in an app's code: few, and the same every request
+        _NAMES[key] = name
+    return name
 
 
 class ExtractorRequest(Request):
