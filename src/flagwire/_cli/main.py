@@ -205,7 +205,8 @@ def _count(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flagwire", description="Check and explain flagd flag-definition files."
+        prog="flagwire",
+        description="Check, explain, publish and guard flagd flag files; report experiments.",
     )
     parser.add_argument("--version", action="version", version=f"flagwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
