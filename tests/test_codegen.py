@@ -154,7 +154,7 @@ def test_generated_bucketing_agrees_with_the_closure_compiler(fractional: str) -
     flagset = FlagSet.from_mapping(_document(), fractional=fractional)
     for key, rule in BUCKETING_RULES.items():
         # trace= makes compile_rule build closures only (explain's path).
-        closures, _ = compile_rule(rule, flag_key=key, fractional=fractional, trace=[])
+        closures = compile_rule(rule, flag_key=key, fractional=fractional, trace=[])
         for context in CONTEXTS:
             expected = closures(dict(context))
             decided = RequestFlags(flagset, context).details(key)

@@ -134,9 +134,7 @@ class CompiledFlag:
             return
         if not targeting:
             return
-        rule, _ = compile_rule(
-            targeting, flag_key=key, fractional=fractional, evaluators=evaluators
-        )
+        rule = compile_rule(targeting, flag_key=key, fractional=fractional, evaluators=evaluators)
         self.rule = rule
         self.decide = generate_decider(
             rule, {v: m[0] for v, m in self.matches.items()}, self.resolve, self.failed, key

@@ -44,7 +44,6 @@ from .rule_problems import (
     KNOWN_OPERATIONS,
     dotted_message,
     ref_message,
-    rule_problems,
     unknown_message,
 )
 
@@ -370,8 +369,8 @@ def compile_rule(
     fractional: str = "v2",
     evaluators: Mapping[str, Any] | None = None,
     trace: list[TraceStep] | None = None,
-) -> tuple[Compiled, list[str]]:
-    """Compile a targeting rule.
+) -> Compiled:
+    """Compile a targeting rule (its problems are :func:`rule_problems`'s, found at load).
 
     Args:
         logic: The rule (parsed JSON).
@@ -381,11 +380,10 @@ def compile_rule(
         trace: When given, the compiled rule appends what it decided here (for explain).
 
     Returns:
-        The compiled rule, taking the context as a dict, and the problems found (unknown
-        operations, dangling ``$ref``), which raise :class:`RuleError` when reached.
+        The compiled rule, taking the context as a dict. Unknown operations and dangling
+        ``$ref``s raise :class:`RuleError` when reached.
     """
     compiler = _Compiler(flag_key, fractional, evaluators or {}, trace)
-    problems = rule_problems(logic, evaluators or {})
     if trace is None:
         generated = generate_rule(
             logic,
@@ -395,8 +393,8 @@ def compile_rule(
             fallback=compiler.compile,
         )
         if generated is not None:
-            return generated, problems
-    return compiler.compile(logic, True, "targeting"), problems
+            return generated
+    return compiler.compile(logic, True, "targeting")
 
 
 __all__ += ["KNOWN_OPERATIONS", "missing", "to_number"]

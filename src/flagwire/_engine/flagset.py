@@ -361,7 +361,7 @@ class FlagSet:
         elif flag.rule is None:
             steps.append(("targeting", "no targeting rule: the default variant applies"))
         else:
-            rule, _ = compile_rule(
+            rule = compile_rule(
                 definition.targeting,
                 flag_key=key,
                 fractional=self.fractional,
