@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from ._engine.flagset import FlagSet
 from ._errors import ConfigError
 from ._propagation.baggage import PREFIX
-from ._propagation.policy import Propagation, _RateLimitedLog, default_propagation
+from ._propagation.policy import Propagation, RateLimitedLog, default_propagation
 from ._propagation.signing import KEYS_ENV
 from ._request.flags import _NOT_YET, RequestFlags
 from ._request.scope import _current, default_source, set_default_source
@@ -354,4 +354,4 @@ def _warn_unverifiable() -> None:
     )
 
 
-_warn = _RateLimitedLog()
+_warn = RateLimitedLog()

@@ -48,7 +48,9 @@ logger = logging.getLogger("flagwire")
 _SIGNATURE_MEMBER_BYTES: Final = 44  # ",fw.sig=" minus the comma + 4-char id + "." + 32 hex
 
 
-class _RateLimitedLog:
+class RateLimitedLog:
+    """A warning logged at most once per ``interval`` seconds, with how many so far."""
+
     def __init__(self, interval: float = 60.0) -> None:
         self.interval = interval
         self.count = 0
@@ -121,7 +123,7 @@ class Propagation:
         """Assignments left out of outbound headers because of the caps (a counter)."""
         self.rejected = 0
         """Inbound headers whose flagwire members were not trusted (a counter)."""
-        self._warn = _RateLimitedLog()
+        self._warn = RateLimitedLog()
         self._told_disabled = False
 
     @property
