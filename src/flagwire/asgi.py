@@ -98,9 +98,6 @@ class ExtractorRequest(Request):
     ``get``, ``[]`` and ``in`` from a dict made once per request.
     """
 
-    def __init__(self, scope: Scope) -> None:
-        super().__init__(scope)
-
     @property
     def headers(self) -> Headers:
         headers: Headers | None = self.__dict__.get("_headers")
