@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, final
+from typing import Any, final
 
 from flagwire._types import MetadataValue
 
@@ -20,11 +19,6 @@ from .rule_problems import rule_problems
 from .variant_names import unknown_variant_names
 
 __all__ = ["CompiledFlag", "flag_problems"]
-
-logger = logging.getLogger("flagwire")
-
-
-_EMPTY_CONTEXT: Final[dict[str, Any]] = {}
 
 
 def _variant_name(value: Any) -> str:
