@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import re
@@ -548,6 +549,28 @@ def test_digest_ignores_key_order_and_whitespace(checkout_document: Document) ->
 
     assert len(digests) == 1
     assert digests == {FlagSet.from_mapping(checkout_document).digest}
+
+
+def test_digest_of_a_large_document_is_that_of_its_whole_canonical_json() -> None:
+    # The digest is written in pieces of a few hundred flags: the pieces must join up to
+    # exactly the canonical text of the document.
+    document = {
+        "flags": {
+            f"flag-{i:04d}": {
+                "state": "ENABLED",
+                "variants": {"on": True, "off": False},
+                "defaultVariant": "off" if i % 3 else "on",
+                "metadata": {"owner": f"team-{i % 7}"},
+            }
+            for i in reversed(range(1001))
+        },
+        "metadata": {"version": "7"},
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+    digest = FlagSet.from_mapping(document).digest
+
+    assert digest == "sha256:" + hashlib.sha256(canonical).hexdigest()[:12]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections import ChainMap, UserDict
@@ -16,6 +17,7 @@ from flagwire import (
     ErrorCode,
     EvaluationError,
     FlagSet,
+    FlagsetError,
     FlagType,
     FlagwireError,
     Reason,
@@ -579,3 +581,37 @@ def test_a_reload_compiles_no_unchanged_flag_again() -> None:
     assert after.misses - before.misses == 2  # f3's rule and decider, nothing else
     assert after.hits - before.hits >= 2 * 49
     assert second.evaluate("f0", {"plan": "p0"}).flagset_version.startswith("2+")
+
+
+def test_loading_pauses_the_cyclic_collector_and_resumes_it() -> None:
+    seen: list[bool] = []
+    document = {
+        "flags": {"a": {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}}
+    }
+
+    class Spy(dict[str, Any]):
+        def items(self) -> Any:  # plain_copy reads the mapping while the load runs
+            seen.append(gc.isenabled())
+            return super().items()
+
+    assert gc.isenabled()
+    FlagSet.from_mapping(Spy(document))
+
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_loading_leaves_a_collector_the_application_disabled_disabled() -> None:
+    gc.disable()
+    try:
+        FlagSet.from_text('{"flags": {}}')
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_failed_load_resumes_the_collector() -> None:
+    with pytest.raises(FlagsetError):
+        FlagSet.from_text('{"flags": {"a": {"state": "ON"}}}')
+
+    assert gc.isenabled()

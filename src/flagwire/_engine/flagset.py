@@ -14,6 +14,7 @@ from flagwire._errors import ConfigError, FlagsetError
 from flagwire._types import Context, MetadataValue
 
 from .assignment import Assignment, ErrorCode, FlagType, Reason
+from .collector import collector_paused
 from .compiled import CompiledFlag, flag_problems
 from .compiler import TraceStep, compile_rule
 from .definitions import (
@@ -39,28 +40,34 @@ FRACTIONAL_METADATA_KEY: Final = "flagwire.fractional"
 _EMPTY_CONTEXT: Final[dict[str, Any]] = {}
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+_PIECE = 200  # flags per encoder call while digesting: short enough not to stall requests
 
 
 def _canonical_digest(raw: Any) -> str:
-    """SHA-256 of the document's canonical JSON (sorted keys, no whitespace), written two
-    levels at a time: the same text as one ``json.dumps`` of the whole document, in many
-    short calls instead of one long one that holds the GIL through a reload of a large
-    file (a server's requests wait on it)."""
+    """SHA-256 of the document's canonical JSON (sorted keys, no whitespace), written in
+    pieces: the same text as one encoding of the whole document, in calls of a few hundred
+    flags each instead of one long call that holds the GIL through a reload of a large
+    file (a server's requests wait on it), and without a call per flag."""
     digest = hashlib.sha256()
-
-    def write(value: Any, depth: int) -> None:
-        if depth == 0 or not isinstance(value, dict) or not all(type(k) is str for k in value):
+    if not isinstance(raw, dict) or not all(type(k) is str for k in raw):
+        digest.update(_canonical(raw).encode())
+        return digest.hexdigest()
+    digest.update(b"{")
+    for i, key in enumerate(sorted(raw)):
+        digest.update((b"," if i else b"") + _canonical(key).encode() + b":")
+        value = raw[key]
+        if not isinstance(value, dict) or not all(type(k) is str for k in value):
             digest.update(_canonical(value).encode())
-            return
+            continue
+        # Consecutive runs of the sorted keys encode to consecutive runs of the text.
+        names = sorted(value)
         digest.update(b"{")
-        for i, key in enumerate(sorted(value)):
-            digest.update((b"," if i else b"") + _canonical(key).encode() + b":")
-            write(value[key], depth - 1)
+        for start in range(0, len(names), _PIECE):
+            piece = _canonical({name: value[name] for name in names[start : start + _PIECE]})
+            digest.update((b"," if start else b"") + piece[1:-1].encode())
         digest.update(b"}")
-
-    write(raw, 2)
+    digest.update(b"}")
     return digest.hexdigest()
 
 
@@ -133,8 +140,9 @@ class FlagSet:
         Raises:
             FlagsetError: The file is missing, unparsable or not a valid flag set.
         """
-        document, _ = read_document(path)
-        return cls(document, fractional=fractional)
+        with collector_paused():
+            document, _ = read_document(path)
+            return cls(document, fractional=fractional)
 
     @classmethod
     def from_text(
@@ -146,8 +154,9 @@ class FlagSet:
         fractional: str | None = None,
     ) -> FlagSet:
         """Load a flag set from JSON or YAML text (``format`` "json"/"yaml", else guessed)."""
-        raw = parse_text(text, source, format)
-        return cls(parse_document(raw, source=source, text=text), fractional=fractional)
+        with collector_paused():
+            raw = parse_text(text, source, format)
+            return cls(parse_document(raw, source=source, text=text), fractional=fractional)
 
     @classmethod
     def from_mapping(
@@ -158,8 +167,9 @@ class FlagSet:
         fractional: str | None = None,
     ) -> FlagSet:
         """Load a flag set from an already parsed document (a dict)."""
-        raw = plain_copy(data)  # private, so later changes to ``data`` change nothing
-        return cls(parse_document(raw, source=source), fractional=fractional)
+        with collector_paused():
+            raw = plain_copy(data)  # private, so later changes to ``data`` change nothing
+            return cls(parse_document(raw, source=source), fractional=fractional)
 
     @classmethod
     def empty(cls, *, source: str | None = None) -> FlagSet:
