@@ -23,6 +23,7 @@ from flagwire._errors import ConfigError, FlagsetError
 from flagwire._types import JsonValue, MetadataValue
 
 from .document_limits import MAX_DEPTH, DocumentProblem, Yaml12Loader, check_tree
+from .pacing import PIECE, loads_in_pieces, pace
 
 __all__ = [
     "FlagDefinition",
@@ -259,7 +260,11 @@ class _Validator:
                 f"$evaluators must be an object, not {_kind(evaluators)}", pointer="$evaluators"
             )
         metadata = self.metadata(raw.get("metadata"), flag=None, pointer="metadata")
-        definitions = {key: self.flag(key, data, evaluators) for key, data in flags.items()}
+        definitions: dict[str, FlagDefinition] = {}
+        for i, (key, data) in enumerate(flags.items(), 1):
+            definitions[key] = self.flag(key, data, evaluators)
+            if i % PIECE == 0:
+                pace()
         return FlagsetDocument(
             flags=definitions,
             metadata=metadata,
@@ -358,7 +363,7 @@ def parse_text(text: str, source: str | None = None, fmt: str | None = None) -> 
         raise ConfigError(f'format must be "json" or "yaml", not {fmt!r}')
     use_yaml = fmt == "yaml" if fmt is not None else _looks_like_yaml(source, text)
     try:
-        raw = yaml.load(text, Loader=Yaml12Loader) if use_yaml else json.loads(text)
+        raw = yaml.load(text, Loader=Yaml12Loader) if use_yaml else loads_in_pieces(text)
         check_tree(raw, keys=use_yaml)  # JSON keys are strings
         return raw
     except DocumentProblem as exc:

@@ -11,12 +11,16 @@ from typing import Any
 
 import yaml
 
+from .pacing import PIECE, pace
+
 __all__ = ["MAX_ALIAS_NODES", "MAX_DEPTH", "DocumentProblem", "Yaml12Loader", "check_tree"]
 
 MAX_DEPTH = 100
 """The deepest nesting of objects and arrays a flag document may have."""
 MAX_ALIAS_NODES = 100_000
 """How many nodes YAML aliases may add once expanded (a 600-byte alias bomb is 10^8)."""
+
+_NODES = PIECE * 10  # containers checked between two calls of pace()
 
 
 class Yaml12Loader(yaml.SafeLoader):
@@ -78,7 +82,9 @@ def check_tree(raw: Any, *, keys: bool = True) -> None:
     depth = 0
     while level:
         below: list[Any] = []
-        for node in level:
+        for i, node in enumerate(level, 1):
+            if i % _NODES == 0:
+                pace()
             children: Any
             if type(node) is dict:
                 if keys and _mixed_keys(node):

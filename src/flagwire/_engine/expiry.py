@@ -11,6 +11,7 @@ from typing import Final
 from flagwire._types import MetadataValue
 
 from .definitions import FlagDefinition
+from .pacing import PIECE, pace
 
 __all__ = ["expiry_date", "warn_expired"]
 
@@ -34,7 +35,9 @@ def expiry_date(value: object) -> date | None:
 def warn_expired(flags: Mapping[str, FlagDefinition], owner: MetadataValue | None) -> None:
     """Log each flag past its ``expires`` day, once per process per flag key."""
     today: date | None = None
-    for key, definition in flags.items():
+    for i, (key, definition) in enumerate(flags.items(), 1):
+        if i % PIECE == 0:
+            pace()
         if key in _WARNED_EXPIRED:
             continue
         day = expiry_date(definition.metadata.get("expires"))

@@ -14,7 +14,6 @@ from flagwire._errors import ConfigError, FlagsetError
 from flagwire._types import Context, MetadataValue
 
 from .assignment import Assignment, ErrorCode, FlagType, Reason
-from .collector import collector_paused
 from .compiled import CompiledFlag, flag_problems
 from .compiler import TraceStep, compile_rule
 from .definitions import (
@@ -28,6 +27,7 @@ from .definitions import (
 from .expiry import warn_expired
 from .fitting import EXPECT_BY_VALUE, UNSET
 from .flagd_ops import FRACTIONAL_VERSIONS
+from .pacing import PIECE, collector_paused, pace
 from .rollout import plan_problems
 
 __all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
@@ -41,7 +41,6 @@ _EMPTY_CONTEXT: Final[dict[str, Any]] = {}
 
 
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
-_PIECE = 200  # flags per encoder call while digesting: short enough not to stall requests
 
 
 def _canonical_digest(raw: Any) -> str:
@@ -63,9 +62,10 @@ def _canonical_digest(raw: Any) -> str:
         # Consecutive runs of the sorted keys encode to consecutive runs of the text.
         names = sorted(value)
         digest.update(b"{")
-        for start in range(0, len(names), _PIECE):
-            piece = _canonical({name: value[name] for name in names[start : start + _PIECE]})
+        for start in range(0, len(names), PIECE):
+            piece = _canonical({name: value[name] for name in names[start : start + PIECE]})
             digest.update((b"," if start else b"") + piece[1:-1].encode())
+            pace()
         digest.update(b"}")
     digest.update(b"}")
     return digest.hexdigest()
@@ -189,10 +189,16 @@ class FlagSet:
                 flag.definition if isinstance(flag, CompiledFlag) else flag
                 for flag in self._flags.values()
             ]
-            problems = self._problems = (
-                *(p for d in definitions for p in flag_problems(d, self._evaluators)),
-                *(p for d in definitions for p in plan_problems(d)),  # rollout plans
-            )
+            found: list[str] = []
+            for i, definition in enumerate(definitions, 1):
+                found.extend(flag_problems(definition, self._evaluators))
+                if i % PIECE == 0:
+                    pace()
+            for i, definition in enumerate(definitions, 1):  # rollout plans, after rules
+                found.extend(plan_problems(definition))
+                if i % PIECE == 0:
+                    pace()
+            problems = self._problems = tuple(found)
         return problems
 
     @property
