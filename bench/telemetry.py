@@ -20,8 +20,8 @@ variant is kept, since these machines are noisy.
     python bench/telemetry.py            # print the table
     python bench/telemetry.py --check    # also exit 1 if the bar is missed
 
-Bar: (full telemetry - telemetry off) <= 0.5 x (bare + otel - bare): flagwire's telemetry
-costs at most half of what OpenTelemetry's ASGI instrumentation itself costs per request.
+Bar (issue 13): (full telemetry - telemetry off) <= 0.25 x (bare + otel - bare): flagwire's telemetry
+costs at most a quarter of what OpenTelemetry's ASGI instrumentation itself costs per request.
 Times are the process's CPU time by default (``--clock wall`` for ``perf_counter``): on a
 shared machine, time spent descheduled would otherwise swamp these differences.
 """
@@ -56,7 +56,7 @@ from flagwire.prometheus import PrometheusTelemetry
 # directory is on sys.path when it is run as ``python bench/telemetry.py``).
 from middleware import EXTRACT, FLAGSET, SCOPE, TEN, _receive, _send, read_flags
 
-MAX_SHARE: Final = 0.5
+MAX_SHARE: Final = 0.25
 """The bar: flagwire's telemetry costs at most this share of OpenTelemetryMiddleware's."""
 
 BARE: Final = "bare"

@@ -25,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flagwire import FlagSet
+from flagwire._prometheus_batch import FLUSH_SECONDS
 from test_e2e import (
     EXAMPLE_FLAGS,
     HOST,
@@ -184,6 +185,8 @@ def test_metrics_aggregate_every_workers_requests(metrics_server: Server) -> Non
     for key in FLAGS:
         assert len({v for (k, v) in durations if k == key}) >= 2, durations
 
+    # Each worker writes its observations to its files every FLUSH_SECONDS.
+    time.sleep(FLUSH_SECONDS * 2.5)
     # Scrape until both workers have served /metrics (a scrape changes no count).
     scrapes: dict[str, dict[str, dict[Key, float]]] = {}
     deadline = time.monotonic() + 20

@@ -9,7 +9,6 @@ events and attributes, so flagwire can emit those as well (``events=``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cache
 from typing import Any, Final
 
@@ -61,6 +60,32 @@ def _sdk_event() -> Any:
     except ImportError:  # pragma: no cover - recording spans come from an SDK
         return None
     return Event
+
+
+def _logs_enabled(logger: Any) -> bool:
+    """Whether the Logs API would record the event (the spec's ``Logger.Enabled``): with
+    no logs pipeline configured, emitting is work for nothing."""
+    enabled = getattr(logger, "enabled", None)  # opentelemetry-api < 1.35 has none
+    return True if enabled is None else bool(enabled(event_name=EVENT_NAME))
+
+
+def _add_span_events(span: Any, attributes: list[Any]) -> None:
+    """One ``feature_flag.evaluation`` span event per item of validated ``attributes``.
+
+    On the SDK's span, appended under one lock: ``add_event`` takes the span's lock and
+    the event list's once per event and validates attributes that were validated once
+    already, which costs twice the events themselves. Another span gets ``add_event``."""
+    event_class = _sdk_event()
+    lock = getattr(span, "_lock", None)
+    events = getattr(span, "_events", None)
+    if event_class is None or lock is None or not hasattr(events, "extend"):
+        for item in attributes:
+            span.add_event(EVENT_NAME, item)
+        return
+    made = [event_class(EVENT_NAME, item) for item in attributes]
+    with lock:
+        if getattr(span, "_end_time", None) is None:  # an ended span takes no events
+            events.extend(made)  # type: ignore[union-attr]
 
 
 def _attribute_value(value: Any) -> Any:
@@ -123,6 +148,7 @@ class OTelTelemetry:
             self._logger = get_logger("flagwire", logger_provider=logger_provider)
         # Event attributes repeat (same flag, variant, reason, version): validate them once.
         self._attributes: dict[tuple[Any, ...], Any] = {}
+        self._by_identity: dict[int, tuple[Any, str, Any]] = {}
 
     def open_span(self, method: str, scope: Any) -> Any:
         """A server span for the request when nothing else made one (ASGI only), else None.
@@ -147,9 +173,9 @@ class OTelTelemetry:
         span = trace.get_current_span()
         if not span.is_recording():
             return
-        add_span_event = self._span_event_adder(span) if self.events != "log" else None
+        span_events: list[Any] | None = [] if self.events != "log" else None
         emit = None
-        if self._logger is not None:
+        if self._logger is not None and _logs_enabled(self._logger):
             emit, linked = self._logger.emit, trace.set_span_in_context(span)
         attributes: dict[str, Any] = {}
         version = request.flagset_version
@@ -162,23 +188,28 @@ class OTelTelemetry:
                 if served.variant is not None and SPAN_ATTRIBUTE_PREFIX + key not in attributes:
                     attributes[SPAN_ATTRIBUTE_PREFIX + key] = served.variant
                 event = self._cached(key, served, version, context_id)
-                if add_span_event is not None:
-                    add_span_event(event)
+                if span_events is not None:
+                    span_events.append(event)
                 if emit is not None:
                     emit(event_name=EVENT_NAME, attributes=event, context=linked)
+        if span_events:
+            _add_span_events(span, span_events)
         if attributes:
             span.set_attributes(attributes)
 
-    def _span_event_adder(self, span: Any) -> Callable[[Any], None]:
-        # The SDK span's own append, skipping the per-call re-validation of attributes
-        # that were validated once (the SDK is there when a span records).
-        add_event = getattr(span, "_add_event", None)
-        event_class = _sdk_event() if add_event is not None else None
-        if add_event is None or event_class is None:
-            return lambda attributes: span.add_event(EVENT_NAME, attributes)
-        return lambda attributes: add_event(event_class(EVENT_NAME, attributes))
-
     def _cached(self, key: str, decision: Any, version: str, context_id: Any) -> Any:
+        # Deciders hand out prebuilt assignments: most reads are answered by identity. The
+        # entry holds the assignment, so its id is not reused while the entry lives.
+        if context_id is None:
+            known = self._by_identity.get(id(decision))
+            if known is not None and known[0] is decision and known[1] == version:
+                return known[2]
+        found = self._by_value(key, decision, version, context_id)
+        if context_id is None and len(self._by_identity) < 4096:
+            self._by_identity[id(decision)] = (decision, version, found)
+        return found
+
+    def _by_value(self, key: str, decision: Any, version: str, context_id: Any) -> Any:
         with_value = self.record_values or decision.variant is None
         cache_key = (
             key,

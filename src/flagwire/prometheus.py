@@ -39,12 +39,16 @@ tracking counters have at most (flags + 1) x (variants + 1) x (event names + 1) 
 each. Works in prometheus_client's
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, gunicorn): the counters and the histogram
 are aggregated by its collector; the source gauges describe the worker that serves the
-scrape, which reads the same files as the others.
+scrape, which reads the same files as the others. Requests are observed without a lock:
+each worker writes what it recorded to those files every second (and a scrape of a
+registry in-process flushes first), so a multiprocess scrape is at most about a second
+behind.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -68,6 +72,7 @@ from ._telemetry import (
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+    from ._prometheus_batch import Batch, FlushBeforeCollect
     from ._prometheus_sources import SourceCollector
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise missing_extra(exc, "flagwire.prometheus", "prometheus_client", "prometheus") from exc
@@ -77,6 +82,7 @@ __all__ = ["DEFAULT_BUCKETS", "MAX_EVENT_NAME", "PrometheusTelemetry", "SourceCo
 logger = logging.getLogger("flagwire")
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+INF = math.inf
 MAX_EVENT_NAME = 100
 """Event names longer than this are counted as ``_other`` (a label value is stored in
 every sample of its series)."""
@@ -86,6 +92,12 @@ class _Metrics:
     """The metrics of one registry and their children, shared by every telemetry on it."""
 
     def __init__(self, registry: CollectorRegistry | None, buckets: Sequence[float]) -> None:
+        bounds = [float(b) for b in buckets]
+        if not bounds or bounds[-1] != INF:  # as the histogram completes them
+            bounds.append(INF)
+        self.batch = Batch(tuple(bounds))
+        if registry is not None:  # first: collections flush before the metrics are read
+            registry.register(FlushBeforeCollect(self.batch))
         self.duration = Histogram(
             "flagwire_request_duration_seconds",
             "Request duration, observed once per flag the request decided, by variant.",
@@ -210,6 +222,12 @@ class PrometheusTelemetry:
         self._errors = metrics.error_children
         self._event_children = metrics.event_children
         self._lock = metrics.lock
+        self._batch = metrics.batch
+
+    def flush(self) -> None:
+        """Apply the observations recorded so far to the metrics now (collecting the
+        registry does it, and a thread does it every second)."""
+        self._batch.flush()
 
     def record(self, request: RequestRecord) -> None:
         method = request.method
@@ -223,6 +241,7 @@ class PrometheusTelemetry:
             else bounded(decisions, self.max_flags)
         )
         children = self._children
+        add = self._batch.add
         for key, decision in items:
             error_code = decision.error_code
             if error_code is ErrorCode.FLAG_NOT_FOUND:
@@ -231,8 +250,7 @@ class PrometheusTelemetry:
             pair = children.get(shape)
             if pair is None:
                 pair = self._pair(shape, decision)
-            pair[0].observe(duration)
-            pair[1].inc()
+            add((pair, duration))
             if error_code is not None:
                 error_labels = (key, error_code.value)
                 error = self._errors.get(error_labels)
@@ -241,6 +259,7 @@ class PrometheusTelemetry:
                 error.inc()
         if request.events:
             self._record_events(items, request.events)
+        self._batch.settle()
 
     def record_events(self, flags: RequestFlags) -> None:
         """Record the events ``flags`` tracked and not yet recorded, against the flags it
