@@ -148,7 +148,7 @@ class OTelTelemetry:
             self._logger = get_logger("flagwire", logger_provider=logger_provider)
         # Event attributes repeat (same flag, variant, reason, version): validate them once.
         self._attributes: dict[tuple[Any, ...], Any] = {}
-        self._by_identity: dict[int, tuple[Any, str, Any]] = {}
+        self._by_identity: dict[int, tuple[Any, str, Any, str | None]] = {}
 
     def open_span(self, method: str, scope: Any) -> Any:
         """A server span for the request when nothing else made one (ASGI only), else None.
@@ -181,33 +181,37 @@ class OTelTelemetry:
         version = request.flagset_version
         reads = getattr(request, "reads", None) or {}
         context_id = getattr(request, "targeting_key", None) if self.record_context_id else None
+        by_identity = self._by_identity if context_id is None else {}
         for index, (key, decision) in enumerate(request.decisions.items()):
             if index >= self.max_flags:
                 break
             for served in reads.get(key) or (decision,):
-                if served.variant is not None and SPAN_ATTRIBUTE_PREFIX + key not in attributes:
-                    attributes[SPAN_ATTRIBUTE_PREFIX + key] = served.variant
-                event = self._cached(key, served, version, context_id)
+                # Deciders hand out prebuilt assignments: most reads are found by identity
+                # (the entry holds the assignment, so its id is not reused meanwhile).
+                known = by_identity.get(id(served))
+                if known is None or known[0] is not served or known[1] != version:
+                    known = self._entry(key, served, version, context_id)
+                name = known[3]
+                if name is not None and name not in attributes:
+                    attributes[name] = served.variant
                 if span_events is not None:
-                    span_events.append(event)
+                    span_events.append(known[2])
                 if emit is not None:
-                    emit(event_name=EVENT_NAME, attributes=event, context=linked)
+                    emit(event_name=EVENT_NAME, attributes=known[2], context=linked)
         if span_events:
             _add_span_events(span, span_events)
         if attributes:
             span.set_attributes(attributes)
 
-    def _cached(self, key: str, decision: Any, version: str, context_id: Any) -> Any:
-        # Deciders hand out prebuilt assignments: most reads are answered by identity. The
-        # entry holds the assignment, so its id is not reused while the entry lives.
-        if context_id is None:
-            known = self._by_identity.get(id(decision))
-            if known is not None and known[0] is decision and known[1] == version:
-                return known[2]
-        found = self._by_value(key, decision, version, context_id)
+    def _entry(
+        self, key: str, decision: Any, version: str, context_id: Any
+    ) -> tuple[Any, str, Any, str | None]:
+        """(assignment, version, event attributes, span attribute name or None)."""
+        name = SPAN_ATTRIBUTE_PREFIX + key if decision.variant is not None else None
+        entry = (decision, version, self._by_value(key, decision, version, context_id), name)
         if context_id is None and len(self._by_identity) < 4096:
-            self._by_identity[id(decision)] = (decision, version, found)
-        return found
+            self._by_identity[id(decision)] = entry
+        return entry
 
     def _by_value(self, key: str, decision: Any, version: str, context_id: Any) -> Any:
         with_value = self.record_values or decision.variant is None
