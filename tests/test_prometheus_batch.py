@@ -149,3 +149,28 @@ def test_concurrent_requests_and_scrapes_lose_nothing() -> None:
 
     counts = _samples(registry, "flagwire_request_duration_seconds_count")
     assert sum(counts.values()) == 4 * 40 * 50 * 3
+
+
+def test_a_forked_child_does_not_count_its_parents_pending_observations() -> None:
+    import os
+
+    registry = CollectorRegistry()
+    telemetry = PrometheusTelemetry(registry=registry)
+    telemetry.record(_request(1, 0.01))  # pending in the parent
+    read, write = os.pipe()
+    with telemetry._batch._flushing:  # no flush by the process's thread meanwhile
+        pid = os.fork()
+    if pid == 0:  # the child: what would it apply?
+        try:
+            telemetry.flush()
+            counts = _samples(registry, "flagwire_request_duration_seconds_count")
+            os.write(write, str(sum(counts.values())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_count = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+
+    assert child_count == "0"
+    assert sum(_samples(registry, "flagwire_request_duration_seconds_count").values()) == 3

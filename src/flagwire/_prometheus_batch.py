@@ -50,6 +50,11 @@ class Batch:
         if len(self._pending) >= MAX_PENDING:
             self.flush(wait=False)
 
+    def forget_pending(self) -> None:
+        """Drop what is pending (a forked child's copy of its parent's batch)."""
+        self._pending.clear()
+        self._flushing = threading.Lock()
+
     def flush(self, *, wait: bool = True) -> None:
         """Apply every pending observation (``wait``: even if another thread is flushing,
         as a scrape must; a recording thread that finds one running goes on)."""
@@ -133,9 +138,12 @@ class _Flusher:
 
     def forget(self) -> None:
         """In a forked child: the parent's thread is not there (a new one starts with the
-        child's first request)."""
+        child's first request), and the parent's pending observations are the parent's
+        to apply (in multiprocess mode the child would count them a second time)."""
         self.started = False
         self._lock = threading.Lock()
+        for batch in list(_BATCHES):
+            batch.forget_pending()
 
     @staticmethod
     def _run() -> None:
