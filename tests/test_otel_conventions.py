@@ -240,3 +240,47 @@ def test_error_message_and_opt_in_context_id(
 def test_unknown_event_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="events must be"):
         OTelTelemetry(events="logs")
+
+
+def test_each_request_s_events_carry_its_own_flag_set_version(
+    tracer_provider: TracerProvider, spans: InMemorySpanExporter
+) -> None:
+    # Events are cached by the assignment object: a reload (a new version) and one-off
+    # assignments must not be served a cached event of another request.
+    from flagwire import RequestFlags
+    from flagwire._telemetry import RequestRecord
+
+    telemetry = OTelTelemetry(events="span")
+    tracer = tracer_provider.get_tracer("test")
+    seen: list[tuple[str, str, str | None]] = []
+    for version in ("1", "2", "1"):
+        flagset = FlagSet.from_mapping(
+            {
+                "metadata": {"version": version},
+                "flags": {
+                    "banner": {"state": "ENABLED", "variants": {"on": True}, "defaultVariant": "on"}
+                },
+            }
+        )
+        flags = RequestFlags(flagset, {"targetingKey": "u"})
+        flags.boolean("banner")
+        flags.string("banner", "x")  # a type mismatch: a new assignment each request
+        record = RequestRecord(
+            flags.served(), "GET", "/", 200, 0.01, flagset.version_label, flags.reads()
+        )
+        with tracer.start_as_current_span("request"):
+            telemetry.record(record)
+        span = spans.get_finished_spans()[-1]
+        seen.extend(
+            (
+                dict(e.attributes or {})["feature_flag.version"],
+                version,
+                e.attributes.get(ERROR_TYPE),
+            )
+            for e in span.events
+        )
+
+    assert [(v.split("+")[0], want, error) for v, want, error in seen] == [
+        (want, want, error) for _, want, error in seen
+    ]
+    assert [error for _, _, error in seen] == [None, "type_mismatch"] * 3

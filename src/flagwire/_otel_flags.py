@@ -209,7 +209,9 @@ class OTelTelemetry:
         """(assignment, version, event attributes, span attribute name or None)."""
         name = SPAN_ATTRIBUTE_PREFIX + key if decision.variant is not None else None
         entry = (decision, version, self._by_value(key, decision, version, context_id), name)
-        if context_id is None and len(self._by_identity) < 4096:
+        if context_id is None:
+            if len(self._by_identity) >= 4096:  # one-off assignments, old flag sets': anew
+                self._by_identity.clear()
             self._by_identity[id(decision)] = entry
         return entry
 
