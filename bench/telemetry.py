@@ -20,8 +20,9 @@ variant is kept, since these machines are noisy.
     python bench/telemetry.py            # print the table
     python bench/telemetry.py --check    # also exit 1 if the bar is missed
 
-Bar (issue 13): (full telemetry - telemetry off) <= 0.25 x (bare + otel - bare): flagwire's telemetry
-costs at most a quarter of what OpenTelemetry's ASGI instrumentation itself costs per request.
+Bar (issue 13): (full telemetry - telemetry off) <= 0.25 x (bare + otel - bare): flagwire's
+telemetry costs at most a quarter of what OpenTelemetry's ASGI instrumentation itself costs
+per request.
 Times are the process's CPU time by default (``--clock wall`` for ``perf_counter``): on a
 shared machine, time spent descheduled would otherwise swamp these differences.
 """

@@ -284,3 +284,31 @@ def test_each_request_s_events_carry_its_own_flag_set_version(
         (want, want, error) for _, want, error in seen
     ]
     assert [error for _, _, error in seen] == [None, "type_mismatch"] * 3
+
+
+def test_one_assignment_served_under_two_keys_gets_an_event_for_each(
+    tracer_provider: TracerProvider, spans: InMemorySpanExporter
+) -> None:
+    from flagwire import Assignment, Reason
+    from flagwire._telemetry import RequestRecord
+
+    shared = Assignment("shared", True, "on", Reason.STATIC)
+    telemetry = OTelTelemetry(events="span")
+    tracer = tracer_provider.get_tracer("test")
+    keys: list[list[str]] = []
+    for record_values in (False, True):
+        telemetry.record_values = record_values
+        with tracer.start_as_current_span("request"):
+            telemetry.record(RequestRecord({"x": shared, "y": shared}, "GET", "/", 200, 0.0, "v"))
+        span = spans.get_finished_spans()[-1]
+        events = [dict(e.attributes or {}) for e in span.events]
+        keys.append([e[FLAG_KEY] for e in events])
+        assert span.attributes is not None
+        assert {k for k in span.attributes if k.startswith(SPAN_ATTRIBUTE_PREFIX)} == {
+            SPAN_ATTRIBUTE_PREFIX + "x",
+            SPAN_ATTRIBUTE_PREFIX + "y",
+        }
+        # record_values is read at each request, cached events or not
+        assert all((RESULT_VALUE in e) is record_values for e in events)
+
+    assert keys == [["x", "y"], ["x", "y"]]

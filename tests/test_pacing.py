@@ -117,3 +117,10 @@ def test_the_young_generations_are_collected_during_a_load_not_after_it() -> Non
     # walk every container of the load; a full one would walk the whole heap).
     assert len(during) >= len(flags) // pacing.PIECE
     assert set(during) == {1}
+
+
+def test_json_s_error_is_raised_as_json_raises_it() -> None:
+    with pytest.raises(json.JSONDecodeError) as caught:
+        pacing.loads_in_pieces('{"flags": {"a": 1,}}')
+
+    assert caught.value.__context__ is None  # not chained to the piecewise reader's own

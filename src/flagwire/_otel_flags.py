@@ -148,7 +148,7 @@ class OTelTelemetry:
             self._logger = get_logger("flagwire", logger_provider=logger_provider)
         # Event attributes repeat (same flag, variant, reason, version): validate them once.
         self._attributes: dict[tuple[Any, ...], Any] = {}
-        self._by_identity: dict[int, tuple[Any, str, Any, str | None]] = {}
+        self._by_identity: dict[int, tuple[Any, str, Any, str | None, str, bool]] = {}
 
     def open_span(self, method: str, scope: Any) -> Any:
         """A server span for the request when nothing else made one (ASGI only), else None.
@@ -182,6 +182,7 @@ class OTelTelemetry:
         reads = getattr(request, "reads", None) or {}
         context_id = getattr(request, "targeting_key", None) if self.record_context_id else None
         by_identity = self._by_identity if context_id is None else {}
+        with_values = self.record_values  # a public attribute: entries say which they used
         for index, (key, decision) in enumerate(request.decisions.items()):
             if index >= self.max_flags:
                 break
@@ -189,7 +190,13 @@ class OTelTelemetry:
                 # Deciders hand out prebuilt assignments: most reads are found by identity
                 # (the entry holds the assignment, so its id is not reused meanwhile).
                 known = by_identity.get(id(served))
-                if known is None or known[0] is not served or known[1] != version:
+                if (
+                    known is None
+                    or known[0] is not served
+                    or known[1] != version
+                    or known[4] != key
+                    or known[5] is not with_values
+                ):
                     known = self._entry(key, served, version, context_id)
                 name = known[3]
                 if name is not None and name not in attributes:
@@ -205,10 +212,12 @@ class OTelTelemetry:
 
     def _entry(
         self, key: str, decision: Any, version: str, context_id: Any
-    ) -> tuple[Any, str, Any, str | None]:
-        """(assignment, version, event attributes, span attribute name or None)."""
+    ) -> tuple[Any, str, Any, str | None, str, bool]:
+        """(assignment, version, event attributes, span attribute name or None, flag key,
+        record_values)."""
         name = SPAN_ATTRIBUTE_PREFIX + key if decision.variant is not None else None
-        entry = (decision, version, self._by_value(key, decision, version, context_id), name)
+        event = self._by_value(key, decision, version, context_id)
+        entry = (decision, version, event, name, key, self.record_values)
         if context_id is None:
             if len(self._by_identity) >= 4096:  # one-off assignments, old flag sets': anew
                 self._by_identity.clear()

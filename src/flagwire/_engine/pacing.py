@@ -82,11 +82,11 @@ def loads_in_pieces(text: str) -> Any:
     included, is left to ``json.loads``, which gives the same value or the same error."""
     try:
         value, end = _members(text, _SPACE.match(text, 0).end(), 2)  # type: ignore[union-attr]
+        whole = _SPACE.match(text, end).end() == len(text)  # type: ignore[union-attr]
     except (ValueError, IndexError):
-        return json.loads(text)
-    if _SPACE.match(text, end).end() != len(text):  # type: ignore[union-attr]
-        return json.loads(text)  # extra data: json's own error
-    return value
+        whole = False
+    # Outside the handler: json's error is raised as json raises it, not chained to ours.
+    return value if whole else json.loads(text)
 
 
 def _members(text: str, start: int, levels: int) -> tuple[Any, int]:
