@@ -23,7 +23,7 @@ from flagwire._errors import ConfigError, FlagsetError
 from flagwire._types import JsonValue, MetadataValue
 
 from .document_limits import MAX_DEPTH, DocumentProblem, Yaml12Loader, check_tree
-from .pacing import PIECE, loads_in_pieces, pace
+from .pacing import loads_in_pieces, paced
 
 __all__ = [
     "FlagDefinition",
@@ -260,11 +260,7 @@ class _Validator:
                 f"$evaluators must be an object, not {_kind(evaluators)}", pointer="$evaluators"
             )
         metadata = self.metadata(raw.get("metadata"), flag=None, pointer="metadata")
-        definitions: dict[str, FlagDefinition] = {}
-        for i, (key, data) in enumerate(flags.items(), 1):
-            definitions[key] = self.flag(key, data, evaluators)
-            if i % PIECE == 0:
-                pace()
+        definitions = {key: self.flag(key, data, evaluators) for key, data in paced(flags.items())}
         return FlagsetDocument(
             flags=definitions,
             metadata=metadata,

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .pacing import PIECE, pace
+from .pacing import PIECE, paced
 
 __all__ = ["MAX_ALIAS_NODES", "MAX_DEPTH", "DocumentProblem", "Yaml12Loader", "check_tree"]
 
@@ -82,9 +82,7 @@ def check_tree(raw: Any, *, keys: bool = True) -> None:
     depth = 0
     while level:
         below: list[Any] = []
-        for i, node in enumerate(level, 1):
-            if i % _NODES == 0:
-                pace()
+        for node in paced(level, _NODES):
             children: Any
             if type(node) is dict:
                 if keys and _mixed_keys(node):

@@ -11,7 +11,7 @@ from typing import Final
 from flagwire._types import MetadataValue
 
 from .definitions import FlagDefinition
-from .pacing import PIECE, pace
+from .pacing import paced
 
 __all__ = ["expiry_date", "warn_expired"]
 
@@ -35,9 +35,7 @@ def expiry_date(value: object) -> date | None:
 def warn_expired(flags: Mapping[str, FlagDefinition], owner: MetadataValue | None) -> None:
     """Log each flag past its ``expires`` day, once per process per flag key."""
     today: date | None = None
-    for i, (key, definition) in enumerate(flags.items(), 1):
-        if i % PIECE == 0:
-            pace()
+    for key, definition in paced(flags.items()):
         if key in _WARNED_EXPIRED:
             continue
         day = expiry_date(definition.metadata.get("expires"))

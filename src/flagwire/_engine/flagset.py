@@ -27,7 +27,7 @@ from .definitions import (
 from .expiry import warn_expired
 from .fitting import EXPECT_BY_VALUE, UNSET
 from .flagd_ops import FRACTIONAL_VERSIONS
-from .pacing import PIECE, collector_paused, pace
+from .pacing import PIECE, collector_paused, pace, paced
 from .rollout import plan_problems
 
 __all__ = ["FRACTIONAL_METADATA_KEY", "FlagSet"]
@@ -45,7 +45,7 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str
 
 def _canonical_digest(raw: Any) -> str:
     """SHA-256 of the document's canonical JSON (sorted keys, no whitespace), written in
-    pieces: the same text as one encoding of the whole document, in calls of a few hundred
+    pieces: the same text as one encoding of the whole document, in calls of ``PIECE``
     flags each instead of one long call that holds the GIL through a reload of a large
     file (a server's requests wait on it), and without a call per flag."""
     digest = hashlib.sha256()
@@ -189,16 +189,12 @@ class FlagSet:
                 flag.definition if isinstance(flag, CompiledFlag) else flag
                 for flag in self._flags.values()
             ]
-            found: list[str] = []
-            for i, definition in enumerate(definitions, 1):
-                found.extend(flag_problems(definition, self._evaluators))
-                if i % PIECE == 0:
-                    pace()
-            for i, definition in enumerate(definitions, 1):  # rollout plans, after rules
-                found.extend(plan_problems(definition))
-                if i % PIECE == 0:
-                    pace()
-            problems = self._problems = tuple(found)
+            rules: list[str] = []
+            plans: list[str] = []  # rollout plans' problems, listed after the rules'
+            for definition in paced(definitions):
+                rules.extend(flag_problems(definition, self._evaluators))
+                plans.extend(plan_problems(definition))
+            problems = self._problems = (*rules, *plans)
         return problems
 
     @property

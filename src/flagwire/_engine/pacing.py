@@ -24,11 +24,13 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["PIECE", "collector_paused", "loads_in_pieces", "pace"]
+__all__ = ["PIECE", "collector_paused", "loads_in_pieces", "pace", "paced"]
+
+T = TypeVar("T")
 
 PIECE = 50
 """Items (flags, nodes / 10) between two calls of :func:`pace`: a few tenths of a millisecond."""
@@ -71,8 +73,24 @@ def pace() -> None:
         time.sleep(_PAUSE)
 
 
+def paced(items: Iterable[T], every: int = PIECE) -> Iterator[T]:
+    """``items``, with :func:`pace` called after each ``every`` of them (for the steps of a
+    load that walk every flag)."""
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % every == 0:
+            pace()
+
+
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, at: int) -> int:
+    """The index of the first character at or after ``at`` that is not JSON whitespace."""
+    return _SPACE.match(text, at).end()  # type: ignore[union-attr]  # matches the empty string
+
+
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
@@ -81,8 +99,8 @@ def loads_in_pieces(text: str) -> Any:
     member (a flag at a time), pacing between pieces. Anything it does not expect, errors
     included, is left to ``json.loads``, which gives the same value or the same error."""
     try:
-        value, end = _members(text, _SPACE.match(text, 0).end(), 2)  # type: ignore[union-attr]
-        whole = _SPACE.match(text, end).end() == len(text)  # type: ignore[union-attr]
+        value, end = _members(text, _skip(text, 0), 2)
+        whole = _skip(text, end) == len(text)
     except (ValueError, IndexError):
         whole = False
     # Outside the handler: json's error is raised as json raises it, not chained to ours.
@@ -93,7 +111,7 @@ def _members(text: str, start: int, levels: int) -> tuple[Any, int]:
     if levels == 0 or text[start] != "{":
         return _DECODER.raw_decode(text, start)
     found: dict[str, Any] = {}
-    at = _SPACE.match(text, start + 1).end()  # type: ignore[union-attr]
+    at = _skip(text, start + 1)
     if text[at] == "}":
         return found, at + 1
     count = 0
@@ -101,17 +119,17 @@ def _members(text: str, start: int, levels: int) -> tuple[Any, int]:
         if text[at] != '"':
             raise ValueError("expected a key")
         key, at = _scanstring(text, at + 1, True)
-        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        at = _skip(text, at)
         if text[at] != ":":
             raise ValueError("expected ':'")
-        value, at = _members(text, _SPACE.match(text, at + 1).end(), levels - 1)  # type: ignore[union-attr]
+        value, at = _members(text, _skip(text, at + 1), levels - 1)
         found[key] = value  # a repeated key keeps the last value, as json.loads does
         count += 1
         if count % PIECE == 0:
             pace()
-        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        at = _skip(text, at)
         if text[at] == "}":
             return found, at + 1
         if text[at] != ",":
             raise ValueError("expected ',' or '}'")
-        at = _SPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+        at = _skip(text, at + 1)
