@@ -34,8 +34,7 @@ FLUSH_SECONDS = 1.0
 class Batch:
     """The pending observations of one registry's duration histogram and counter."""
 
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self._bounds = buckets  # upper bounds, +Inf last, as the histogram has them
+    def __init__(self) -> None:
         self._pending: deque[tuple[tuple[Any, Any], float]] = deque()
         self.add = self._pending.append
         self._flushing = threading.Lock()
@@ -67,9 +66,8 @@ class Batch:
 
     def _apply(self) -> None:
         take = self._pending.popleft
-        bounds = self._bounds
-        width = len(bounds)
-        sums: dict[int, list[Any]] = {}  # id(children) -> [children, count, sum, *buckets]
+        # id(children) -> [children, the histogram's upper bounds, count, sum, *buckets]
+        sums: dict[int, list[Any]] = {}
         while True:
             try:
                 children, duration = take()
@@ -77,11 +75,12 @@ class Batch:
                 break
             tally = sums.get(id(children))
             if tally is None:
-                tally = sums[id(children)] = [children, 0, 0.0, *([0] * width)]
-            tally[1] += 1
-            tally[2] += duration
-            tally[3 + bisect_left(bounds, duration)] += 1  # the first bound >= duration
-        for children, count, total, *counts in sums.values():
+                bounds = children[0]._upper_bounds  # +Inf last, as observe() uses them
+                tally = sums[id(children)] = [children, bounds, 0, 0.0, *([0] * len(bounds))]
+            tally[2] += 1
+            tally[3] += duration
+            tally[4 + bisect_left(tally[1], duration)] += 1  # the first bound >= duration
+        for children, _, count, total, *counts in sums.values():
             histogram, counter = children
             counter.inc(count)
             add_to_histogram(histogram, total, counts)
@@ -90,8 +89,8 @@ class Batch:
 def add_to_histogram(histogram: Any, total: float, counts: list[int]) -> None:
     """Add observations, given as their sum and their count per bucket (not cumulative),
     to a labelled ``Histogram`` child: what ``observe`` does once per observation, done
-    once per bucket. It writes the child's values as ``observe`` does (``_sum``,
-    ``_buckets``), so multiprocess mode's files get them too."""
+    once per bucket. It reads and writes the child's values as ``observe`` does
+    (``_upper_bounds``, ``_sum``, ``_buckets``), so multiprocess mode's files get them too."""
     histogram._raise_if_not_observable()
     histogram._sum.inc(total)
     for value, count in zip(histogram._buckets, counts, strict=True):

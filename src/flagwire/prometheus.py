@@ -48,7 +48,6 @@ behind.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -82,7 +81,6 @@ __all__ = ["DEFAULT_BUCKETS", "MAX_EVENT_NAME", "PrometheusTelemetry", "SourceCo
 logger = logging.getLogger("flagwire")
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
-INF = math.inf
 MAX_EVENT_NAME = 100
 """Event names longer than this are counted as ``_other`` (a label value is stored in
 every sample of its series)."""
@@ -92,10 +90,7 @@ class _Metrics:
     """The metrics of one registry and their children, shared by every telemetry on it."""
 
     def __init__(self, registry: CollectorRegistry | None, buckets: Sequence[float]) -> None:
-        bounds = [float(b) for b in buckets]
-        if not bounds or bounds[-1] != INF:  # as the histogram completes them
-            bounds.append(INF)
-        self.batch = Batch(tuple(bounds))
+        self.batch = Batch()
         if registry is not None:  # first: collections flush before the metrics are read
             registry.register(FlushBeforeCollect(self.batch))
         self.duration = Histogram(
